@@ -1,0 +1,13 @@
+// STUB: replaced by the real CUDA kernel.
+#include "ms_deform_attn/ms_deform_attn.h"
+namespace glid {
+at::Tensor ms_deform_attn_forward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "not implemented");
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, bool) {
+  TORCH_CHECK(false, "not implemented");
+}
+}  // namespace glid

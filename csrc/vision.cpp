@@ -1,0 +1,56 @@
+// The one compiled extension of GLID, glid._C. It defines the `glid::` operator schemas and
+// binds every kernel to its dispatch key; fake (meta) implementations and autograd formulas are
+// registered from Python (glid/layers/), so that torch.compile and torch.export see the ops.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "bifpn_fusion/bifpn_fusion.h"
+#include "ms_deform_attn/ms_deform_attn.h"
+
+namespace glid {
+
+bool has_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY(glid, m) {
+  // ---- bifpn_fusion ----
+  m.def("fast_fusion_forward(Tensor[] inputs, Tensor weights, float eps, bool silu) -> Tensor");
+  m.def(
+      "fast_fusion_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, float eps, "
+      "bool silu) -> (Tensor[], Tensor)");
+  // ---- ms_deform_attn ----
+  m.def(
+      "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output, "
+      "bool deterministic) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(glid, CPU, m) {
+  m.impl("fast_fusion_forward", &fast_fusion_forward_cpu);
+  m.impl("fast_fusion_backward", &fast_fusion_backward_cpu);
+  m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(glid, CUDA, m) {
+  m.impl("fast_fusion_forward", &fast_fusion_forward_cuda);
+  m.impl("fast_fusion_backward", &fast_fusion_backward_cuda);
+  m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_cuda);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+}
+#endif
+
+}  // namespace glid
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("has_cuda", &glid::has_cuda, "whether glid._C was built with CUDA kernels");
+}
