@@ -1,0 +1,63 @@
+"""Run a GLID model on images or video frames and draw its answers with detectron2's Visualizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine.defaults import DefaultPredictor
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
+
+
+def draw_predictions(image_rgb: np.ndarray, predictions: dict, metadata, instance_mode=ColorMode.IMAGE) -> VisImage:
+    """Draw whatever the model answered (panoptic, instances, semantic, depth) on an RGB image."""
+    visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
+    if "panoptic_seg" in predictions:
+        panoptic_seg, segments_info = predictions["panoptic_seg"]
+        return visualizer.draw_panoptic_seg_predictions(panoptic_seg.to("cpu"), segments_info)
+    if "instances" in predictions:
+        return visualizer.draw_instance_predictions(predictions["instances"].to("cpu"))
+    if "sem_seg" in predictions:
+        return visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).to("cpu"))
+    if "depth" in predictions:
+        depth = predictions["depth"].to("cpu").numpy()
+        scaled = (255 * (depth - depth.min()) / max(float(np.ptp(depth)), 1e-6)).astype(np.uint8)
+        colored = cv2.applyColorMap(scaled, cv2.COLORMAP_MAGMA)[:, :, ::-1]
+        return VisImage(np.concatenate([image_rgb, colored], axis=1))
+    raise KeyError(f"nothing to draw in predictions with keys {sorted(predictions)}")
+
+
+class VisualizationDemo:
+    """``DefaultPredictor`` (BGR input, resize, ``MODEL.WEIGHTS``) plus drawing."""
+
+    def __init__(self, cfg, instance_mode: ColorMode = ColorMode.IMAGE):
+        dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
+        self.metadata = MetadataCatalog.get(dataset)
+        self.cpu_device = torch.device("cpu")
+        self.instance_mode = instance_mode
+        self.predictor = DefaultPredictor(cfg)
+
+    def run_on_image(self, image_bgr: np.ndarray) -> tuple[dict, VisImage]:
+        """Returns the model's predictions and the visualization of an (H, W, 3) BGR image."""
+        predictions = self.predictor(image_bgr)
+        vis = draw_predictions(image_bgr[:, :, ::-1], predictions, self.metadata, self.instance_mode)
+        return predictions, vis
+
+    def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
+        """Yields visualized BGR frames of a video."""
+        video_visualizer = VideoVisualizer(self.metadata, self.instance_mode)
+        while video.isOpened():
+            ok, frame = video.read()
+            if not ok:
+                break
+            predictions = self.predictor(frame)
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            if "instances" in predictions:
+                vis = video_visualizer.draw_instance_predictions(rgb, predictions["instances"].to(self.cpu_device))
+            else:
+                vis = draw_predictions(rgb, predictions, self.metadata, self.instance_mode)
+            yield cv2.cvtColor(vis.get_image(), cv2.COLOR_RGB2BGR)

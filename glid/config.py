@@ -1,0 +1,98 @@
+"""GLID's config keys. Every key GLID adds to detectron2's config lives here."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_glid_config"]
+
+
+def add_glid_config(cfg: CN) -> None:
+    """Add GLID's keys (model, data, solver) to a detectron2 config, in place."""
+    # ---- data ----
+    # Photometric jitter (brightness/contrast/saturation/hue), Mask2Former's "color aug".
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Crop that keeps any single category below this fraction of the crop (1.0 = no limit).
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Pad images to a multiple of this; Swin + 3 down-samplings need 32.
+    cfg.INPUT.SIZE_DIVISIBILITY = 32
+    # Label value ignored by losses and evaluation.
+    cfg.INPUT.IGNORE_LABEL = 255
+
+    # ---- solver ----
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    # lr of the encoder = BASE_LR * BACKBONE_MULTIPLIER (Tab. 6-7: 1e-5 / 1e-4).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Weight decay of embeddings, position tables and tokens (relative-position tables, [M],
+    # [CLS], mask token, level embeddings): none, like norms (SOLVER.WEIGHT_DECAY_NORM).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # "WarmupPolyLR" is added here; detectron2 provides WarmupMultiStepLR and WarmupCosineLR.
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # Clip the gradient of the whole model (one norm over all parameters), not per parameter.
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
+    cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+    # ---- encoder: Swin from timm ----
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.EMBED_DIM = 128  # Swin-B
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 18, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [4, 8, 16, 32]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    # Image size the window attention and relative-position tables are built for.
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.1
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Recompute Swin blocks in backward to save memory.
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---- GLID ----
+    cfg.MODEL.GLID = CN()
+    # One of: mim, det, ins, sem, pan, pose, depth, cls (only "sem" is implemented so far).
+    cfg.MODEL.GLID.TASK = "sem"
+    # Pixel decoder: "BiFPN" (default) or "MSDeformAttn".
+    cfg.MODEL.GLID.PIXEL_DECODER = "BiFPN"
+    # Width of the pixel decoder, queries and transformer decoder.
+    cfg.MODEL.GLID.HIDDEN_DIM = 256
+    # Size of the per-pixel embedding map and of the mask / keypoint / bin embeddings (E).
+    cfg.MODEL.GLID.MASK_DIM = 256
+    # Number of location queries N (100 seg, 300 det, 17 pose, 64 depth).
+    cfg.MODEL.GLID.NUM_QUERIES = 100
+    # Query positions on a fixed grid (buffer) or learnable (new parameters).
+    cfg.MODEL.GLID.LEARNABLE_QUERY_POSITIONS = False
+    # Pixel size of a MIM / query unit on the image (32x32 -> 3072 pixel values).
+    cfg.MODEL.GLID.UNIT_SIZE = 32
+
+    cfg.MODEL.GLID.BIFPN = CN()
+    cfg.MODEL.GLID.BIFPN.NUM_REPEATS = 2
+    cfg.MODEL.GLID.BIFPN.FUSION_EPS = 1e-4
+    cfg.MODEL.GLID.BIFPN.NORM = "GN"
+
+    cfg.MODEL.GLID.DECODER = CN()
+    cfg.MODEL.GLID.DECODER.NUM_LAYERS = 9
+    cfg.MODEL.GLID.DECODER.NUM_HEADS = 8
+    cfg.MODEL.GLID.DECODER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.GLID.DECODER.DROPOUT = 0.0
+    # Stochastic depth in the decoder (Tab. 7: 0.2).
+    cfg.MODEL.GLID.DECODER.DROP_PATH = 0.0
+    # Mask2Former masked cross-attention (segmentation tasks).
+    cfg.MODEL.GLID.DECODER.MASK_ATTENTION = True
+
+    # Loss weights and point sampling (Mask2Former criterion).
+    cfg.MODEL.GLID.LOSS = CN()
+    cfg.MODEL.GLID.LOSS.DEEP_SUPERVISION = True
+    cfg.MODEL.GLID.LOSS.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.GLID.LOSS.CLASS_WEIGHT = 2.0
+    cfg.MODEL.GLID.LOSS.MASK_WEIGHT = 5.0
+    cfg.MODEL.GLID.LOSS.DICE_WEIGHT = 5.0
+    cfg.MODEL.GLID.LOSS.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.GLID.LOSS.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.GLID.LOSS.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    cfg.MODEL.GLID.TEST = CN()
+    cfg.MODEL.GLID.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.GLID.TEST.OVERLAP_THRESHOLD = 0.8

@@ -1,0 +1,4 @@
+from .bifpn import BiFPNPixelDecoder
+from .build import PIXEL_DECODER_REGISTRY, build_pixel_decoder
+
+__all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder", "BiFPNPixelDecoder"]

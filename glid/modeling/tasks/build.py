@@ -1,0 +1,56 @@
+"""Registry of GLID tasks (``MODEL.GLID.TASK``).
+
+A task adds, around the shared model, only: the split of the one linear head, the loss, the
+post-processing and (in ``glid.data``) a dataset mapper.
+"""
+
+from __future__ import annotations
+
+from detectron2.utils.registry import Registry
+from torch import nn
+
+from ..heads import LinearTaskHead
+
+__all__ = ["TASK_REGISTRY", "register_task", "get_task_class", "build_task", "build_task_head"]
+
+TASK_REGISTRY = Registry("GLID_TASK")
+TASK_REGISTRY.__doc__ = """
+GLID tasks. A task class has a short ``task_name`` (the value of ``MODEL.GLID.TASK``), builds from
+``cls(cfg)``, and implements ``head_splits(cfg)`` (classmethod), ``predictions``, ``losses`` and
+``inference`` (see ``SemanticSegmentationTask``).
+"""
+
+TASK_NAMES = ("mim", "det", "ins", "sem", "pan", "pose", "depth", "cls")
+
+
+def register_task(task_name: str):
+    """Class decorator: register a task class under ``MODEL.GLID.TASK = task_name``."""
+    if task_name not in TASK_NAMES:
+        raise ValueError(f"unknown task {task_name!r}; GLID's tasks are {TASK_NAMES}")
+
+    def decorator(cls):
+        cls.task_name = task_name
+        TASK_REGISTRY.register(cls)
+        return cls
+
+    return decorator
+
+
+def get_task_class(task_name: str) -> type:
+    """The class registered for ``task_name``."""
+    for _, cls in TASK_REGISTRY:
+        if getattr(cls, "task_name", None) == task_name:
+            return cls
+    implemented = sorted(cls.task_name for _, cls in TASK_REGISTRY)
+    raise KeyError(f"MODEL.GLID.TASK={task_name!r} is not implemented; implemented tasks: {implemented}")
+
+
+def build_task(cfg) -> nn.Module:
+    """Build the task module (loss + post-processing) for ``cfg.MODEL.GLID.TASK``."""
+    return get_task_class(cfg.MODEL.GLID.TASK)(cfg)
+
+
+def build_task_head(cfg) -> LinearTaskHead:
+    """Build the task's single linear head."""
+    splits = get_task_class(cfg.MODEL.GLID.TASK).head_splits(cfg)
+    return LinearTaskHead(cfg.MODEL.GLID.HIDDEN_DIM, splits)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Train and evaluate GLID with detectron2.
+
+    python train_net.py --config-file configs/ade20k_sem_glid.yaml --num-gpus 8
+    python train_net.py --config-file configs/ade20k_sem_glid.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file ... --resume          # continue from the last checkpoint
+
+Several processes on a CPU-only machine communicate with gloo (``--num-gpus N`` then means N
+processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import glid
+from glid.data.dataset_mappers import build_train_mapper
+from glid.engine import build_lr_scheduler, build_optimizer
+from glid.evaluation import build_evaluator
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's trainer with GLID's data mappers, optimizer, schedules and evaluators."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+
+def setup(args):
+    """Config from file + command-line overrides, frozen; logging and output dir set up."""
+    cfg = get_cfg()
+    glid.add_glid_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        logging.getLogger("glid").warning("no CUDA device: running on the CPU (MODEL.DEVICE=cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glid")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if isinstance(results, (dict, OrderedDict)) and results:
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
