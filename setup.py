@@ -29,14 +29,14 @@ def get_extensions() -> list:
     csrc = os.path.join(ROOT, "csrc")
     sources = glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp"))
     cuda_sources = glob.glob(os.path.join(csrc, "*", "*.cu"))
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    extra_compile_args = {"cxx": ["-O3"]}  # torch picks the C++ standard (C++20 for torch 2.14)
     define_macros = []
     extension = CppExtension
     if _want_cuda():
         extension = CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     sources = [os.path.relpath(s, ROOT) for s in sorted(sources)]
     return [
         extension(

@@ -68,7 +68,8 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.UNIT_SIZE = 32
 
     cfg.MODEL.GLID.BIFPN = CN()
-    cfg.MODEL.GLID.BIFPN.NUM_REPEATS = 2
+    # One entry per BiFPN repeat: "conv" (full 3x3) or "sep" (depthwise-separable 3x3).
+    cfg.MODEL.GLID.BIFPN.CONV_TYPES = ["conv", "sep", "sep"]
     cfg.MODEL.GLID.BIFPN.FUSION_EPS = 1e-4
     cfg.MODEL.GLID.BIFPN.NORM = "GN"
 
