@@ -1,0 +1,29 @@
+"""GLID data: the built-in synthetic dataset and dataset registration.
+
+Importing ``glid.data`` registers the ``glid_synth_*`` datasets (lazily; see
+:mod:`glid.data.datasets.register_synthetic`).
+"""
+
+from glid.data.datasets import (
+    load_depth_pairs,
+    load_image_folder,
+    register_all_synthetic,
+    synthetic_dataset_names,
+)
+from glid.data.synthetic import (
+    SYNTH_SEM_SEG_CLASSES,
+    SYNTH_STUFF_CLASSES,
+    SYNTH_THING_CLASSES,
+    generate_synthetic_dataset,
+)
+
+__all__ = [
+    "SYNTH_SEM_SEG_CLASSES",
+    "SYNTH_STUFF_CLASSES",
+    "SYNTH_THING_CLASSES",
+    "generate_synthetic_dataset",
+    "load_depth_pairs",
+    "load_image_folder",
+    "register_all_synthetic",
+    "synthetic_dataset_names",
+]
