@@ -95,16 +95,21 @@ def load_depth_pairs(split_file: str, root: str | None = None) -> list[dict]:
     return dicts
 
 
-def load_image_folder(root: str, classes: Sequence[str] | None = None) -> list[dict]:
+def load_image_folder(
+    root: str, classes: Sequence[str] | None = None, read_sizes: bool = True
+) -> list[dict]:
     """Loads an ImageFolder layout ``root/<class_name>/<image>``.
 
     Args:
         root: split directory.
         classes: class names, whose positions are the class ids; default: the sorted
             sub-directory names (torchvision's rule). Every sub-directory must be listed.
+        read_sizes: read ``height``/``width`` from the image headers (slow for ImageNet's
+            1.28M images: pass False there and let the mapper read the size).
 
     Returns:
-        Dicts with ``file_name``, ``class_id``, ``height``, ``width``, ``image_id``.
+        Dicts with ``file_name``, ``class_id``, ``image_id`` and, with read_sizes,
+        ``height`` and ``width``.
     """
     found = sorted(e.name for e in os.scandir(root) if e.is_dir())
     classes = found if classes is None else list(classes)
@@ -118,9 +123,10 @@ def load_image_folder(root: str, classes: Sequence[str] | None = None) -> list[d
         for file in sorted(os.listdir(class_dir)):
             if file.lower().endswith(IMAGE_EXTENSIONS):
                 path = os.path.join(class_dir, file)
-                height, width = _image_size(path)
-                record = {"file_name": path, "class_id": class_id, "height": height}
-                dicts.append({**record, "width": width, "image_id": len(dicts)})
+                record = {"file_name": path, "class_id": class_id, "image_id": len(dicts)}
+                if read_sizes:
+                    record["height"], record["width"] = _image_size(path)
+                dicts.append(record)
     return dicts
 
 
