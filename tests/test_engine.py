@@ -28,15 +28,17 @@ def test_param_groups_lr_and_weight_decay():
     assert _group_of(opt, model.head.weight)["weight_decay"] == 0.05
     no_decay = [
         swin.layers[0].blocks[0].attn.relative_position_bias_table,
-        model.backbone.mask_token,
         model.queries.mask_query,
-        model.queries.cls_query,
         model.decoder.level_embed,
         model.decoder.norm.weight,
         model.backbone.output_norms["res2"].weight,
     ]
     for p in no_decay:
         assert _group_of(opt, p)["weight_decay"] == 0.0
+    # Tokens the semantic task does not use are frozen and left out.
+    for p in (model.backbone.mask_token, model.queries.cls_query):
+        assert not p.requires_grad
+        assert not any(p is q for g in opt.param_groups for q in g["params"])
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == len([p for p in model.parameters() if p.requires_grad])
 

@@ -47,6 +47,10 @@ class GLID(nn.Module):
         self.head = head
         self.task = task
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
+        # Tokens a task does not use stay in the model (checkpoints keep them for other tasks)
+        # but are frozen, so the optimizer and DDP see no unused trainable parameter.
+        self.backbone.mask_token.requires_grad_(getattr(task, "uses_mask_token", False))
+        self.queries.cls_query.requires_grad_(getattr(task, "uses_cls_query", False))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
