@@ -2,7 +2,7 @@
 """Train and evaluate GLID with detectron2.
 
     python train_net.py --config-file configs/ade20k_sem_glid.yaml --num-gpus 8
-    python train_net.py --config-file configs/ade20k_sem_glid.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/ade20k_sem_glid.yaml --eval-only MODEL.WEIGHTS m.pth
     python train_net.py --config-file ... --resume          # continue from the last checkpoint
 
 Several processes on a CPU-only machine communicate with gloo (``--num-gpus N`` then means N
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections import OrderedDict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -56,7 +55,9 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -99,9 +100,11 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         results = Trainer.test(cfg, model)
-        if isinstance(results, (dict, OrderedDict)) and results:
+        if isinstance(results, dict) and results:
             verify_results(cfg, results)
         return results
     trainer = Trainer(cfg)

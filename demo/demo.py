@@ -42,8 +42,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", help="images, folders or glob patterns")
     parser.add_argument("--video-input", help="a video file")
-    parser.add_argument("--output", required=True, help="folder for image results, or the output video file")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    parser.add_argument(
+        "--output", required=True, help="folder for image results, or the output video file"
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
     return parser
 
 
@@ -52,7 +56,11 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            paths += [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            paths += [
+                os.path.join(pattern, f)
+                for f in sorted(os.listdir(pattern))
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
         else:
             matches = sorted(glob.glob(os.path.expanduser(pattern)))
             if not matches:
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> list[str]:
             start = time.perf_counter()
             predictions, vis = demo.run_on_image(image)
             logger.info(f"{path}: {sorted(predictions)} in {time.perf_counter() - start:.2f}s")
-            out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_glid.png")
+            out = os.path.join(
+                args.output, os.path.splitext(os.path.basename(path))[0] + "_glid.png"
+            )
             vis.save(out)
             written.append(out)
     else:
@@ -83,7 +93,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         if not video.isOpened():
             raise FileNotFoundError(f"cannot open video {args.video_input}")
         fps = video.get(cv2.CAP_PROP_FPS) or 25.0
-        width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        width, height = (
+            int(video.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         writer = None
         for frame in tqdm.tqdm(demo.run_on_video(video)):
             if writer is None:

@@ -13,7 +13,9 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 
-def draw_predictions(image_rgb: np.ndarray, predictions: dict, metadata, instance_mode=ColorMode.IMAGE) -> VisImage:
+def draw_predictions(
+    image_rgb: np.ndarray, predictions: dict, metadata, instance_mode=ColorMode.IMAGE
+) -> VisImage:
     """Draw whatever the model answered (panoptic, instances, semantic, depth) on an RGB image."""
     visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
     if "panoptic_seg" in predictions:
@@ -44,7 +46,9 @@ class VisualizationDemo:
     def run_on_image(self, image_bgr: np.ndarray) -> tuple[dict, VisImage]:
         """Returns the model's predictions and the visualization of an (H, W, 3) BGR image."""
         predictions = self.predictor(image_bgr)
-        vis = draw_predictions(image_bgr[:, :, ::-1], predictions, self.metadata, self.instance_mode)
+        vis = draw_predictions(
+            image_bgr[:, :, ::-1], predictions, self.metadata, self.instance_mode
+        )
         return predictions, vis
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
@@ -57,7 +61,9 @@ class VisualizationDemo:
             predictions = self.predictor(frame)
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             if "instances" in predictions:
-                vis = video_visualizer.draw_instance_predictions(rgb, predictions["instances"].to(self.cpu_device))
+                vis = video_visualizer.draw_instance_predictions(
+                    rgb, predictions["instances"].to(self.cpu_device)
+                )
             else:
                 vis = draw_predictions(rgb, predictions, self.metadata, self.instance_mode)
             yield cv2.cvtColor(vis.get_image(), cv2.COLOR_RGB2BGR)

@@ -16,7 +16,9 @@ def _group_of(optimizer, param):
 
 
 def test_param_groups_lr_and_weight_decay():
-    cfg = make_tiny_cfg("SOLVER.BASE_LR", 1e-4, "SOLVER.BACKBONE_MULTIPLIER", 0.1, "SOLVER.WEIGHT_DECAY", 0.05)
+    cfg = make_tiny_cfg(
+        "SOLVER.BASE_LR", 1e-4, "SOLVER.BACKBONE_MULTIPLIER", 0.1, "SOLVER.WEIGHT_DECAY", 0.05
+    )
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
@@ -44,8 +46,12 @@ def test_param_groups_lr_and_weight_decay():
 
 
 def test_full_model_gradient_clipping():
-    cfg = make_tiny_cfg("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.BASE_LR", 1.0)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False))
+    cfg = make_tiny_cfg(
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.BASE_LR", 1.0
+    )
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    )
     for p in model.parameters():
         torch.nn.init.zeros_(p)
     opt = build_optimizer(cfg, model)
@@ -77,7 +83,14 @@ def test_poly_schedule_with_warmup():
 
 
 def test_other_schedules_come_from_detectron2():
-    cfg = make_tiny_cfg("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", (40,), "SOLVER.MAX_ITER", 50)
+    cfg = make_tiny_cfg(
+        "SOLVER.LR_SCHEDULER_NAME",
+        "WarmupMultiStepLR",
+        "SOLVER.STEPS",
+        (40,),
+        "SOLVER.MAX_ITER",
+        50,
+    )
     opt = build_optimizer(cfg, torch.nn.Linear(1, 1))
     sched = build_lr_scheduler(cfg, opt)
     for _ in range(45):

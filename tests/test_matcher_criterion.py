@@ -27,9 +27,13 @@ def test_pairwise_costs_match_per_pair_losses():
 
 def test_pairwise_costs_hand_values():
     zero = torch.zeros(1, 4)
-    assert pairwise_sigmoid_ce(zero, torch.tensor([[1.0, 0, 1, 0]])).item() == pytest.approx(math.log(2))
+    assert pairwise_sigmoid_ce(zero, torch.tensor([[1.0, 0, 1, 0]])).item() == pytest.approx(
+        math.log(2)
+    )
     # Confident and right: dice cost 0; p=0.5 against an empty target: 1 - 1 / (2 + 1).
-    assert pairwise_dice(torch.full((1, 4), 50.0), torch.ones(1, 4)).item() == pytest.approx(0.0, abs=1e-12)
+    assert pairwise_dice(torch.full((1, 4), 50.0), torch.ones(1, 4)).item() == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert pairwise_dice(zero, torch.zeros(1, 4)).item() == pytest.approx(1 - 1 / 3)
 
 
@@ -45,7 +49,9 @@ def brute_force_min_cost(cost: torch.Tensor) -> float:
     return best
 
 
-@pytest.mark.parametrize("num_queries,num_targets,seed", [(4, 3, 0), (5, 5, 1), (3, 5, 2), (6, 1, 3)])
+@pytest.mark.parametrize(
+    "num_queries,num_targets,seed", [(4, 3, 0), (5, 5, 1), (3, 5, 2), (6, 1, 3)]
+)
 def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
     g = torch.Generator().manual_seed(seed)
     matcher = HungarianMaskMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
@@ -58,9 +64,11 @@ def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
         "masks": (torch.rand(num_targets, 16, 16, generator=g) > 0.5).float(),
     }
     torch.manual_seed(seed)  # the matcher samples its points from the global generator
-    cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], target["labels"], target["masks"])
+    cost = matcher.cost_matrix(
+        outputs["pred_logits"][0], outputs["pred_masks"][0], target["labels"], target["masks"]
+    )
     torch.manual_seed(seed)
-    (rows, cols), = matcher(outputs, [target])
+    ((rows, cols),) = matcher(outputs, [target])
     assert len(rows) == len(set(rows.tolist())) == min(num_queries, num_targets)
     assert len(set(cols.tolist())) == len(cols)
     assert cost[rows, cols].sum().item() == pytest.approx(brute_force_min_cost(cost), rel=1e-6)
@@ -69,7 +77,9 @@ def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
 def test_matcher_handles_image_without_targets():
     matcher = HungarianMaskMatcher(num_points=16)
     outputs = {"pred_logits": torch.randn(1, 3, 4), "pred_masks": torch.randn(1, 3, 8, 8)}
-    (rows, cols), = matcher(outputs, [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8)}])
+    ((rows, cols),) = matcher(
+        outputs, [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8)}]
+    )
     assert rows.numel() == cols.numel() == 0
 
 
@@ -82,13 +92,17 @@ def test_point_losses_hand_values():
     s = torch.sigmoid(logits)
     d0 = 1 - (2 * s[0, 0] + 1) / (s[0].sum() + 1 + 1)
     d1 = 1 - (2 * s[1, 1] + 1) / (s[1].sum() + 1 + 1)
-    assert dice_loss(logits, targets, num_masks=4).item() == pytest.approx(((d0 + d1) / 4).item(), rel=1e-6)
+    assert dice_loss(logits, targets, num_masks=4).item() == pytest.approx(
+        ((d0 + d1) / 4).item(), rel=1e-6
+    )
 
 
 def test_criterion_hand_computed():
     """Two queries, one target (class 1, empty mask): query 0 wins the match on class cost."""
     num_points = 100
-    matcher = HungarianMaskMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points)
+    matcher = HungarianMaskMatcher(
+        cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points
+    )
     criterion = MaskSetCriterion(2, matcher, num_points=num_points, deep_supervision=True)
     logits = torch.tensor([[[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]]])  # q0 favours class 1
     # Zero mask logits: BCE = ln2 at every point whatever the target; with an empty target the
@@ -101,16 +115,29 @@ def test_criterion_hand_computed():
     expected_ce = (ce_q0 + 0.1 * ce_q1) / 1.1
     assert losses["loss_ce"].item() == pytest.approx(2.0 * expected_ce, rel=1e-5)
     assert losses["loss_mask"].item() == pytest.approx(5.0 * math.log(2), rel=1e-5)
-    assert losses["loss_dice"].item() == pytest.approx(5.0 * (1 - 1 / (0.5 * num_points + 1)), rel=1e-5)
-    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"}
+    assert losses["loss_dice"].item() == pytest.approx(
+        5.0 * (1 - 1 / (0.5 * num_points + 1)), rel=1e-5
+    )
+    assert set(losses) == {
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_0",
+        "loss_mask_0",
+        "loss_dice_0",
+    }
     assert losses["loss_ce_0"].item() == pytest.approx(losses["loss_ce"].item())
 
 
 def test_criterion_without_targets_trains_no_object():
-    criterion = MaskSetCriterion(2, HungarianMaskMatcher(num_points=16), num_points=16, deep_supervision=False)
+    criterion = MaskSetCriterion(
+        2, HungarianMaskMatcher(num_points=16), num_points=16, deep_supervision=False
+    )
     logits = torch.zeros(1, 3, 3, requires_grad=True)
     outputs = {"pred_logits": logits, "pred_masks": torch.zeros(1, 3, 8, 8, requires_grad=True)}
-    losses = criterion([outputs], [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8)}])
+    losses = criterion(
+        [outputs], [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8)}]
+    )
     assert losses["loss_ce"].item() == pytest.approx(2.0 * math.log(3), rel=1e-6)
     assert losses["loss_mask"].item() == 0.0 and losses["loss_dice"].item() == 0.0
     sum(losses.values()).backward()

@@ -10,12 +10,17 @@ from detectron2.structures import BitMasks, Instances
 from glid.modeling import GLIDQueries, GLIDTransformerDecoder, LinearTaskHead, regular_grid_points
 from glid.modeling.backbone import D2SwinTransformer
 from glid.modeling.pixel_decoder import build_pixel_decoder
-
 from tests.utils import make_tiny_cfg
 
 
 def tiny_swin(**kw):
-    args = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4, pretrain_img_size=64)
+    args = dict(
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=4,
+        pretrain_img_size=64,
+    )
     args.update(kw)
     return D2SwinTransformer(**args)
 
@@ -97,7 +102,9 @@ def test_queries_share_content_and_differ_in_position():
 
 
 def test_decoder_returns_every_layer_and_masks_attention():
-    dec = GLIDTransformerDecoder(hidden_dim=32, num_layers=4, num_heads=4, dim_feedforward=64, mask_attention=True)
+    dec = GLIDTransformerDecoder(
+        hidden_dim=32, num_layers=4, num_heads=4, dim_feedforward=64, mask_attention=True
+    )
     feats = [torch.randn(2, 32, s, s) for s in (2, 4, 8)]
     q, pos = torch.zeros(2, 5, 32), torch.randn(2, 5, 32)
     mask_features = torch.randn(2, 32, 16, 16)
@@ -131,7 +138,9 @@ def _sem_inputs(n, size=(64, 64), num_classes=9):
         classes = torch.unique(sem)
         inst.gt_classes = classes
         inst.gt_masks = BitMasks(sem[None] == classes[:, None, None])
-        inputs.append({"image": torch.randint(0, 256, (3, *size), generator=g).float(), "instances": inst})
+        inputs.append(
+            {"image": torch.randint(0, 256, (3, *size), generator=g).float(), "instances": inst}
+        )
     return inputs
 
 
@@ -153,7 +162,10 @@ def test_glid_semantic_train_and_inference(tiny_cfg):
     assert len(losses) == 3 * num_layers
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    assert model.head.weight.grad is not None and model.backbone.swin.patch_embed.proj.weight.grad is not None
+    assert (
+        model.head.weight.grad is not None
+        and model.backbone.swin.patch_embed.proj.weight.grad is not None
+    )
     model.eval()
     with torch.no_grad():
         out = model([{"image": torch.rand(3, 70, 90) * 255, "height": 35, "width": 45}])

@@ -56,7 +56,9 @@ def test_train_then_eval_only(data_root, tmp_path):
     logged = [m for m in metrics if "total_loss" in m]
     assert logged[-1]["iteration"] == 3 and logged[-1]["total_loss"] > 0
     assert glob.glob(str(out / "events.out.tfevents.*")), "TensorBoard events are written"
-    results = train_net.main(_args("--eval-only", *_opts(out, 4, "MODEL.WEIGHTS", str(out / "model_final.pth"))))
+    results = train_net.main(
+        _args("--eval-only", *_opts(out, 4, "MODEL.WEIGHTS", str(out / "model_final.pth")))
+    )
     sem = results["sem_seg"]
     assert 0.0 <= sem["mIoU"] <= 100.0 and 0.0 <= sem["pACC"] <= 100.0
     assert set(sem) >= {"mIoU", "fwIoU", "mACC", "pACC"}
@@ -106,8 +108,9 @@ def test_demo_writes_visualizations(data_root, tmp_path):
     import demo  # noqa: E402
 
     image = glob.glob(os.path.join(data_root, "glid_synth", "images", "val", "*.jpg"))[0]
+    weights = str(out / "model_final.pth")
     written = demo.main(
         ["--config-file", TINY_CONFIG, "--input", image, "--output", str(tmp_path / "vis"),
-         "--opts", "MODEL.WEIGHTS", str(out / "model_final.pth"), "DATASETS.TEST", f"('{PREFIX}_sem_seg_val',)"]
+         "--opts", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{PREFIX}_sem_seg_val',)"]
     )  # fmt: skip
     assert len(written) == 1 and os.path.getsize(written[0]) > 1000

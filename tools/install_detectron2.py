@@ -33,7 +33,9 @@ def _download_wheel(dest: Path) -> Path:
     subprocess.run(cmd, check=True)
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise RuntimeError(f"expected one wheel in {dest} after downloading {WHEEL_SPEC}, got {wheels}")
+        raise RuntimeError(
+            f"expected one wheel in {dest} after downloading {WHEEL_SPEC}, got {wheels}"
+        )
     return wheels[0]
 
 
@@ -65,7 +67,10 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="reinstall even if present")
     args = parser.parse_args()
     install(force=args.force)
-    subprocess.run([sys.executable, "-c", "import detectron2; print('detectron2', detectron2.__version__)"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import detectron2; print('detectron2', detectron2.__version__)"],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,14 @@ if ! "$PY" -c "import detectron2" 2>/dev/null; then
   "$PY" "$ROOT/tools/install_detectron2.py"
 fi
 
-if ! "$PY" -c "import glid._C" 2>/dev/null || [ "${GLID_REBUILD:-0}" = 1 ]; then
+# (Re)build glid._C when it does not import, when csrc/ or setup.py changed since it was built,
+# or when asked (GLID_REBUILD=1).
+so=$(ls "$ROOT"/glid/_C*.so 2>/dev/null | head -n 1 || true)
+stale=1
+if [ -n "$so" ] && "$PY" -c "import glid._C" 2>/dev/null; then
+  stale=$(find "$ROOT/csrc" "$ROOT/setup.py" -newer "$so" -type f | head -n 1 | wc -l)
+fi
+if [ "$stale" != 0 ] || [ "${GLID_REBUILD:-0}" = 1 ]; then
   if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
   log "building glid._C (FORCE_CUDA=${FORCE_CUDA:-0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-auto})"
   (cd "$ROOT" && "${PIP[@]}" install --no-build-isolation --no-deps -e .)

@@ -10,7 +10,9 @@ from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 __all__ = ["build_lr_scheduler"]
 
 
-def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    cfg, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
     """``SOLVER.LR_SCHEDULER_NAME``: ``WarmupPolyLR`` (lr x (1 - t)^POLY_LR_POWER after warm-up),
     or any of detectron2's (``WarmupMultiStepLR``: step decay; ``WarmupCosineLR``: cosine)."""
     s = cfg.SOLVER

@@ -36,7 +36,7 @@ def load_ext() -> ModuleType | None:
 
 
 def reference_ops_requested() -> bool:
-    """Whether the user explicitly chose the pure-PyTorch reference ops (``GLID_REFERENCE_OPS=1``)."""
+    """Whether the user chose the pure-PyTorch reference ops (``GLID_REFERENCE_OPS=1``)."""
     return os.environ.get(_ENV_REFERENCE, "0") == "1"
 
 
@@ -54,7 +54,9 @@ def kernel_available(op_name: str) -> bool:
     ``RuntimeError`` when ``_C`` is not built and the reference path was not requested.
     """
     if reference_ops_requested():
-        log_once(f"ref:{op_name}", f"{op_name}: {_ENV_REFERENCE}=1, using the pure-PyTorch reference")
+        log_once(
+            f"ref:{op_name}", f"{op_name}: {_ENV_REFERENCE}=1, using the pure-PyTorch reference"
+        )
         return False
     if load_ext() is None:
         raise RuntimeError(

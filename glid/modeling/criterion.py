@@ -71,7 +71,9 @@ class MaskSetCriterion(nn.Module):
 
     def loss_labels(self, outputs: dict, targets: list[dict], indices: list) -> torch.Tensor:
         logits = outputs["pred_logits"].float()  # (B, N, C+1)
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         for b, (src, tgt) in enumerate(indices):
             target_classes[b, src.to(logits.device)] = targets[b]["labels"][tgt.to(logits.device)]
         return F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weights)
@@ -90,12 +92,20 @@ class MaskSetCriterion(nn.Module):
             )
             tgt_points = sample_mask_points(tgt.float(), coords)
         pred_points = sample_mask_points(pred.float(), coords)
-        return sigmoid_ce_loss(pred_points, tgt_points, num_masks), dice_loss(pred_points, tgt_points, num_masks)
+        return sigmoid_ce_loss(pred_points, tgt_points, num_masks), dice_loss(
+            pred_points, tgt_points, num_masks
+        )
 
-    def _layer_losses(self, outputs: dict, targets: list[dict], num_masks: float) -> dict[str, torch.Tensor]:
+    def _layer_losses(
+        self, outputs: dict, targets: list[dict], num_masks: float
+    ) -> dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
         loss_mask, loss_dice = self.loss_masks(outputs, targets, indices, num_masks)
-        losses = {"loss_ce": self.loss_labels(outputs, targets, indices), "loss_mask": loss_mask, "loss_dice": loss_dice}
+        losses = {
+            "loss_ce": self.loss_labels(outputs, targets, indices),
+            "loss_mask": loss_mask,
+            "loss_dice": loss_dice,
+        }
         return {k: v * self.weights[k] for k, v in losses.items()}
 
     def forward(self, layer_outputs: list[dict], targets: list[dict]) -> dict[str, torch.Tensor]:
@@ -120,7 +130,12 @@ class MaskSetCriterion(nn.Module):
         losses = self._layer_losses(layer_outputs[-1], targets, num_masks)
         if self.deep_supervision:
             for i, outputs in enumerate(layer_outputs[:-1]):
-                losses.update({f"{k}_{i}": v for k, v in self._layer_losses(outputs, targets, num_masks).items()})
+                losses.update(
+                    {
+                        f"{k}_{i}": v
+                        for k, v in self._layer_losses(outputs, targets, num_masks).items()
+                    }
+                )
         return losses
 
 

@@ -47,7 +47,13 @@ class HungarianMaskMatcher(nn.Module):
         num_points: sampled points per image.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_mask: float = 1.0, cost_dice: float = 1.0, num_points: int = 0):
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+        num_points: int = 0,
+    ):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("all matching costs are 0")
@@ -57,7 +63,11 @@ class HungarianMaskMatcher(nn.Module):
         self.num_points = num_points
 
     def cost_matrix(
-        self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        labels: torch.Tensor,
+        masks: torch.Tensor,
     ) -> torch.Tensor:
         """(N, T) matching costs of one image.
 
@@ -80,7 +90,9 @@ class HungarianMaskMatcher(nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, outputs: dict, targets: list[dict]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Match every image.
 
         Args:
@@ -97,8 +109,13 @@ class HungarianMaskMatcher(nn.Module):
                 indices.append((empty, empty))
                 continue
             cost = self.cost_matrix(
-                outputs["pred_logits"][b], outputs["pred_masks"][b], target["labels"], target["masks"]
+                outputs["pred_logits"][b],
+                outputs["pred_masks"][b],
+                target["labels"],
+                target["masks"],
             )
             rows, cols = linear_sum_assignment(cost.cpu().float().numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            indices.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
         return indices

@@ -51,7 +51,9 @@ class GLID(nn.Module):
         # but are frozen, so the optimizer and DDP see no unused trainable parameter.
         self.backbone.mask_token.requires_grad_(getattr(task, "uses_mask_token", False))
         self.queries.cls_query.requires_grad_(getattr(task, "uses_cls_query", False))
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
+        )
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
     @classmethod
@@ -62,7 +64,9 @@ class GLID(nn.Module):
             "pixel_decoder": build_pixel_decoder(cfg, backbone.output_shape()),
             "decoder": GLIDTransformerDecoder(cfg),
             "queries": GLIDQueries(
-                cfg.MODEL.GLID.HIDDEN_DIM, cfg.MODEL.GLID.NUM_QUERIES, cfg.MODEL.GLID.LEARNABLE_QUERY_POSITIONS
+                cfg.MODEL.GLID.HIDDEN_DIM,
+                cfg.MODEL.GLID.NUM_QUERIES,
+                cfg.MODEL.GLID.LEARNABLE_QUERY_POSITIONS,
             ),
             "head": build_task_head(cfg),
             "task": build_task(cfg),
@@ -81,7 +85,10 @@ class GLID(nn.Module):
         for x in batched_inputs:
             image = x["image"]
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"'image' must be (3, H, W), got {tuple(image.shape)} ({x.get('file_name', '?')})")
+                raise ValueError(
+                    f"'image' must be (3, H, W), got {tuple(image.shape)} "
+                    f"({x.get('file_name', '?')})"
+                )
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.size_divisibility)
 

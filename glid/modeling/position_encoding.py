@@ -18,7 +18,9 @@ def _sine_features(coords: torch.Tensor, num_feats: int, temperature: float) -> 
     return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
 
 
-def sine_embed_points(points: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_embed_points(
+    points: torch.Tensor, num_feats: int, temperature: float = 10000.0
+) -> torch.Tensor:
     """Sine features of normalized points.
 
     Args:

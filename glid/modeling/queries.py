@@ -56,7 +56,9 @@ class GLIDQueries(nn.Module):
         nn.init.normal_(self.mask_query, std=0.02)
         nn.init.normal_(self.cls_query, std=0.02)
         self.position_mlp = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim)
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
         )
         grid = regular_grid_points(num_queries)
         if learnable_positions:

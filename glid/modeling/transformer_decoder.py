@@ -21,7 +21,9 @@ class DecoderLayer(nn.Module):
     """Post-norm decoder layer: masked cross-attention, self-attention, FFN; each residual branch
     goes through drop path."""
 
-    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float, drop_path: float):
+    def __init__(
+        self, dim: int, num_heads: int, dim_feedforward: int, dropout: float, drop_path: float
+    ):
         super().__init__()
         self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -46,7 +48,9 @@ class DecoderLayer(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query/query_pos (B, N, D); memory/memory_pos (B, HW, D); attn_mask (B*heads, N, HW)."""
-        attended = self.cross_attn(query + query_pos, memory + memory_pos, memory, attn_mask=attn_mask)[0]
+        attended = self.cross_attn(
+            query + query_pos, memory + memory_pos, memory, attn_mask=attn_mask
+        )[0]
         query = self.norm_cross(query + self.drop_path(self.dropout(attended)))
         q = query + query_pos
         attended = self.self_attn(q, q, query)[0]
@@ -133,7 +137,9 @@ class GLIDTransformerDecoder(nn.Module):
             L tensors (B, N, D): the normalized output of every layer.
         """
         if len(features) != self.num_feature_levels:
-            raise ValueError(f"expected {self.num_feature_levels} feature maps, got {len(features)}")
+            raise ValueError(
+                f"expected {self.num_feature_levels} feature maps, got {len(features)}"
+            )
         use_mask = self.mask_attention and mask_features is not None and mask_embed_fn is not None
         memories, memory_pos, sizes = [], [], []
         for i, f in enumerate(features):

@@ -14,5 +14,7 @@ def build_train_mapper(cfg):
     """The training mapper of ``cfg.MODEL.GLID.TASK``."""
     task = cfg.MODEL.GLID.TASK
     if task not in TRAIN_MAPPERS:
-        raise KeyError(f"no training dataset mapper for MODEL.GLID.TASK={task!r}; have {sorted(TRAIN_MAPPERS)}")
+        raise KeyError(
+            f"no training dataset mapper for MODEL.GLID.TASK={task!r}; have {sorted(TRAIN_MAPPERS)}"
+        )
     return TRAIN_MAPPERS[task](cfg, is_train=True)

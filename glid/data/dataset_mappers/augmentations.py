@@ -21,7 +21,9 @@ def build_segmentation_augmentations(cfg) -> list[T.Augmentation]:
     """Scale jitter (``INPUT.MIN_SIZE_TRAIN`` choices), category-area-constrained crop, colour
     jitter, horizontal flip — the segmentation recipe of Tab. 7."""
     augs: list[T.Augmentation] = [
-        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
     ]
     if cfg.INPUT.CROP.ENABLED:
         augs.append(

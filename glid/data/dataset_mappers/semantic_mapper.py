@@ -62,12 +62,18 @@ class SemanticSegmentationDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         if "sem_seg_file_name" not in dataset_dict:
-            raise KeyError(f"semantic segmentation needs 'sem_seg_file_name' in {dataset_dict.get('file_name')}")
+            raise KeyError(
+                "semantic segmentation needs 'sem_seg_file_name' in "
+                f"{dataset_dict.get('file_name')}"
+            )
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         if sem_seg.ndim != 2:
-            raise ValueError(f"label map of {dataset_dict['file_name']} must be single-channel, got {sem_seg.shape}")
+            raise ValueError(
+                f"label map of {dataset_dict['file_name']} must be single-channel, "
+                f"got shape {sem_seg.shape}"
+            )
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
         image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
@@ -77,7 +83,9 @@ class SemanticSegmentationDatasetMapper:
             pad_h, pad_w = -h % self.size_divisibility, -w % self.size_divisibility
             # Padded pixels are ignored by the loss (label) and are 0 before normalization.
             image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
-            sem_seg = torch.nn.functional.pad(sem_seg, (0, pad_w, 0, pad_h), value=self.ignore_label)
+            sem_seg = torch.nn.functional.pad(
+                sem_seg, (0, pad_w, 0, pad_h), value=self.ignore_label
+            )
         dataset_dict["image"] = image
         dataset_dict["sem_seg"] = sem_seg
         dataset_dict["instances"] = masks_from_label_map(sem_seg, self.ignore_label)

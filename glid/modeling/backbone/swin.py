@@ -74,7 +74,9 @@ class D2SwinTransformer(Backbone):
         channels = [embed_dim * 2**i for i in range(4)]
         self._out_feature_channels = dict(zip(names, channels))
         self._out_feature_strides = {n: patch_size * 2**i for i, n in enumerate(names)}
-        self.output_norms = nn.ModuleDict({n: nn.LayerNorm(self._out_feature_channels[n]) for n in out_features})
+        self.output_norms = nn.ModuleDict(
+            {n: nn.LayerNorm(self._out_feature_channels[n]) for n in out_features}
+        )
         # [MASK] token of the encoder (MIM); zero-init like SimMIM, then trunc-normal.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -96,7 +98,9 @@ class D2SwinTransformer(Backbone):
             ``{"res2": (B, C, H/4, W/4), ..., "res5": (B, 8C, H/32, W/32)}`` (the requested ones).
         """
         if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"Swin input must be (B, C, H, W) with H, W multiples of 32, got {tuple(x.shape)}")
+            raise ValueError(
+                f"Swin input must be (B, C, H, W) with H, W multiples of 32, got {tuple(x.shape)}"
+            )
         tokens = self.swin.patch_embed(x)  # (B, H/4, W/4, C), NHWC
         if mask is not None:
             tokens = self._apply_mask_token(tokens, mask)
@@ -122,7 +126,9 @@ class D2SwinTransformer(Backbone):
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in self._out_features
         }
 

@@ -87,7 +87,9 @@ class BiFPNLayer(nn.Module):
         super().__init__()
         self.nodes, self.outputs = bifpn_nodes(num_levels)
         self.eps = eps
-        self.fusion_weights = nn.ParameterList([nn.Parameter(torch.ones(len(n.inputs))) for n in self.nodes])
+        self.fusion_weights = nn.ParameterList(
+            [nn.Parameter(torch.ones(len(n.inputs))) for n in self.nodes]
+        )
         self.convs = nn.ModuleList([_node_conv(conv_type, channels, norm) for _ in self.nodes])
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -95,7 +97,9 @@ class BiFPNLayer(nn.Module):
         sizes = [f.shape[-2:] for f in feats]
         for node, weights, conv in zip(self.nodes, self.fusion_weights, self.convs):
             inputs = [_resample(maps[i], sizes[node.level]) for i in node.inputs]
-            maps.append(conv(fast_normalized_fusion(inputs, weights, eps=self.eps, activation="silu")))
+            maps.append(
+                conv(fast_normalized_fusion(inputs, weights, eps=self.eps, activation="silu"))
+            )
         return [maps[i] for i in self.outputs]
 
 
@@ -131,7 +135,9 @@ class BiFPNPixelDecoder(nn.Module):
             raise ValueError("BiFPN needs at least one repeat (MODEL.GLID.BIFPN.CONV_TYPES)")
         self.input_proj = nn.ModuleList(
             [
-                Conv2d(input_shape[n].channels, conv_dim, 1, bias=False, norm=get_norm(norm, conv_dim))
+                Conv2d(
+                    input_shape[n].channels, conv_dim, 1, bias=False, norm=get_norm(norm, conv_dim)
+                )
                 for n in IN_FEATURES
             ]
         )

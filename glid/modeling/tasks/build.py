@@ -42,7 +42,9 @@ def get_task_class(task_name: str) -> type:
         if getattr(cls, "task_name", None) == task_name:
             return cls
     implemented = sorted(cls.task_name for _, cls in TASK_REGISTRY)
-    raise KeyError(f"MODEL.GLID.TASK={task_name!r} is not implemented; implemented tasks: {implemented}")
+    raise KeyError(
+        f"MODEL.GLID.TASK={task_name!r} is not implemented; implemented tasks: {implemented}"
+    )
 
 
 def build_task(cfg) -> nn.Module:

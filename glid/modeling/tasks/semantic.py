@@ -63,21 +63,32 @@ class SemanticSegmentationTask(nn.Module):
 
     @classmethod
     def head_splits(cls, cfg) -> dict[str, int]:
-        return {"pred_logits": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES + 1, "mask_embed": cfg.MODEL.GLID.MASK_DIM}
+        return {
+            "pred_logits": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES + 1,
+            "mask_embed": cfg.MODEL.GLID.MASK_DIM,
+        }
 
     def predictions(self, answers: dict, mask_features: torch.Tensor) -> dict:
         return mask_classification_predictions(answers, mask_features)
 
-    def losses(self, layer_outputs: list[dict], batched_inputs: list[dict], images: ImageList) -> dict:
+    def losses(
+        self, layer_outputs: list[dict], batched_inputs: list[dict], images: ImageList
+    ) -> dict:
         return self.criterion(layer_outputs, targets_from_instances(batched_inputs, images))
 
     def inference(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
         """Per image ``{"sem_seg": (C, H, W) scores}`` at the input's original size."""
-        masks = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+        masks = F.interpolate(
+            outputs["pred_masks"],
+            size=images.tensor.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
         results = []
-        for logits, mask, x, size in zip(outputs["pred_logits"], masks, batched_inputs, images.image_sizes):
+        for logits, mask, x, size in zip(
+            outputs["pred_logits"], masks, batched_inputs, images.image_sizes
+        ):
             scores = torch.einsum("qc,qhw->chw", logits.softmax(-1)[:, :-1], mask.sigmoid())
             height, width = x.get("height", size[0]), x.get("width", size[1])
             results.append({"sem_seg": sem_seg_postprocess(scores, size, height, width)})
         return results
-
