@@ -1,0 +1,67 @@
+"""Pixel decoders: output contract, Tab. 2's parameter and FLOP figures."""
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone
+
+import glid
+from glid.modeling.pixel_decoder import build_pixel_decoder
+from tests.utils import REPO_ROOT, make_tiny_cfg
+
+# Tab. 2 (GLID supplementary): FLOPs / params of the two pixel decoders, Swin-B, 640x640.
+TAB2 = {"BiFPN": (5.0e6, 33.8e9), "MSDeformAttn": (5.5e6, 55.3e9)}
+MASK2FORMER_MSDEFORMATTN_PARAMS = 5_544_384  # Mask2Former's own decoder on Swin-B channels
+
+
+def swin_b_cfg(pixel_decoder):
+    cfg = get_cfg()
+    glid.add_glid_config(cfg)
+    cfg.merge_from_file(f"{REPO_ROOT}/configs/ade20k_sem_glid.yaml")
+    cfg.MODEL.GLID.PIXEL_DECODER = pixel_decoder
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def swin_b_features(size=(640, 640)):
+    h, w = size
+    return {
+        name: torch.randn(1, c, h // s, w // s)
+        for name, c, s in [("res2", 128, 4), ("res3", 256, 8), ("res4", 512, 16), ("res5", 1024, 32)]
+    }
+
+
+def swin_b_shapes():
+    cfg = swin_b_cfg("BiFPN")
+    return build_backbone(cfg).output_shape()
+
+
+@pytest.mark.parametrize("name", ["BiFPN", "MSDeformAttn"])
+def test_output_contract(name):
+    cfg = make_tiny_cfg("MODEL.GLID.PIXEL_DECODER", name, "MODEL.GLID.MSDEFORMATTN.NUM_LAYERS", 2)
+    backbone = build_backbone(cfg)
+    decoder = build_pixel_decoder(cfg, backbone.output_shape())
+    feats = backbone(torch.randn(2, 3, 64, 96))
+    mask_features, multi_scale = decoder(feats)
+    assert mask_features.shape == (2, cfg.MODEL.GLID.MASK_DIM, 16, 24)
+    assert [tuple(f.shape) for f in multi_scale] == [(2, 64, 2, 3), (2, 64, 4, 6), (2, 64, 8, 12)]
+    (mask_features.sum() + sum(f.sum() for f in multi_scale)).backward()
+    assert all(p.grad is not None for p in decoder.parameters() if p.requires_grad)
+
+
+def test_msdeformattn_params_match_mask2former():
+    decoder = build_pixel_decoder(swin_b_cfg("MSDeformAttn"), swin_b_shapes())
+    assert sum(p.numel() for p in decoder.parameters()) == MASK2FORMER_MSDEFORMATTN_PARAMS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["BiFPN", "MSDeformAttn"])
+def test_params_and_flops_match_tab2(name):
+    from tools.analyze_model import count
+
+    decoder = build_pixel_decoder(swin_b_cfg(name), swin_b_shapes()).eval()
+    with torch.no_grad():
+        params, flops = count(decoder, (swin_b_features(),))
+    target_params, target_flops = TAB2[name]
+    assert abs(params / target_params - 1) < 0.02, params
+    assert abs(flops / target_flops - 1) < 0.05, flops
