@@ -38,6 +38,18 @@
 // that their ABI differs without AVX does not concern anything outside this file.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+// The hot loops are compiled twice, for AVX2 and for the baseline ISA, and the loader picks one
+// at run time (GCC function multi-versioning, Linux/x86-64 only). Both do the same operations
+// in the same order on 8-float values, so they give identical results.
+// Every helper that passes a SIMD value by value is always inlined: a real call between an AVX2
+// clone and a baseline function would disagree on how 32-byte vectors are passed (-Wpsabi).
+#define GLID_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define GLID_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GLID_SIMD_CLONES
+#endif
+
 namespace glid {
 namespace {
 
@@ -65,7 +77,7 @@ struct Simd<double> {
 };
 
 template <typename V, typename A>
-inline V splat(A a) {
+GLID_INLINE V splat(A a) {
   V v;
   for (size_t l = 0; l < sizeof(V) / sizeof(a); ++l) {
     v[l] = a;
@@ -75,7 +87,7 @@ inline V splat(A a) {
 
 // Lane-wise m ? a : b, m a comparison result (all bits set or clear per lane).
 template <typename V, typename M>
-inline V select(M m, V a, V b) {
+GLID_INLINE V select(M m, V a, V b) {
   return (V)(((M)a & m) | ((M)b & ~m));
 }
 
@@ -84,35 +96,35 @@ template <typename scalar_t>
 struct SimdIO;
 template <>
 struct SimdIO<float> {
-  static VecF load(const float* p) {
+  GLID_INLINE static VecF load(const float* p) {
     VecF v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
-  static void store(float* p, VecF v) {
+  GLID_INLINE static void store(float* p, VecF v) {
     std::memcpy(p, &v, sizeof(v));
   }
 };
 template <>
 struct SimdIO<double> {
-  static VecD load(const double* p) {
+  GLID_INLINE static VecD load(const double* p) {
     VecD v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
-  static void store(double* p, VecD v) {
+  GLID_INLINE static void store(double* p, VecD v) {
     std::memcpy(p, &v, sizeof(v));
   }
 };
 template <>
 struct SimdIO<c10::BFloat16> {
   // bfloat16 is the upper half of a float; stores round to nearest even like c10::BFloat16.
-  static VecF load(const c10::BFloat16* p) {
+  GLID_INLINE static VecF load(const c10::BFloat16* p) {
     VecU16 h;
     std::memcpy(&h, p, sizeof(h));
     return (VecF)(__builtin_convertvector(h, VecU) << 16);
   }
-  static void store(c10::BFloat16* p, VecF v) {
+  GLID_INLINE static void store(c10::BFloat16* p, VecF v) {
     const VecU u = (VecU)v;
     const VecU rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
     const VecU bits = select(v != v, splat<VecU>(0x7FC0u), rounded);  // NaN -> canonical NaN
@@ -123,14 +135,14 @@ struct SimdIO<c10::BFloat16> {
 template <>
 struct SimdIO<c10::Half> {
   // Lane by lane through c10::Half's conversions (hardware F16C only when the build enables it).
-  static VecF load(const c10::Half* p) {
+  GLID_INLINE static VecF load(const c10::Half* p) {
     VecF v;
     for (int l = 0; l < 8; ++l) {
       v[l] = static_cast<float>(p[l]);
     }
     return v;
   }
-  static void store(c10::Half* p, VecF v) {
+  GLID_INLINE static void store(c10::Half* p, VecF v) {
     for (int l = 0; l < 8; ++l) {
       p[l] = static_cast<c10::Half>(v[l]);
     }
@@ -140,7 +152,7 @@ struct SimdIO<c10::Half> {
 // exp for float lanes with arithmetic and bit operations only (Cephes' expf): x = n ln2 + r,
 // |r| <= ln2/2, a degree-5 polynomial for exp(r), times 2^n built from exponent bits. Relative
 // error ~2 ulp. x is clamped to [-87, 88] so 2^n stays a normal float; NaN stays NaN.
-inline VecF exp_simd(VecF x) {
+GLID_INLINE VecF exp_simd(VecF x) {
   x = select(x < -87.0f, splat<VecF>(-87.0f), x);
   x = select(x > 88.0f, splat<VecF>(88.0f), x);
   const float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
@@ -159,7 +171,7 @@ inline VecF exp_simd(VecF x) {
 }
 
 // Double lanes (used for gradcheck, not for speed): libm's exp.
-inline VecD exp_simd(VecD x) {
+GLID_INLINE VecD exp_simd(VecD x) {
   for (int l = 0; l < 4; ++l) {
     x[l] = std::exp(x[l]);
   }
@@ -167,13 +179,13 @@ inline VecD exp_simd(VecD x) {
 }
 
 template <typename V>
-inline V silu(V y) {
+GLID_INLINE V silu(V y) {
   return y / (1 + exp_simd(-y));
 }
 
 // d silu(y) / dy = s (1 + y (1 - s)), s = sigmoid(y).
 template <typename V>
-inline V silu_grad(V y) {
+GLID_INLINE V silu_grad(V y) {
   const V s = 1 / (1 + exp_simd(-y));
   return s * (1 + y * (1 - s));
 }
@@ -222,7 +234,8 @@ struct Kernel {
   using IO = SimdIO<scalar_t>;
 
   // Forward of W elements at x[k] + i, written to out + i.
-  static void forward_step(const scalar_t* const* x, scalar_t* out, const V* c, int64_t i) {
+  GLID_INLINE static void forward_step(const scalar_t* const* x, scalar_t* out, const V* c,
+                                       int64_t i) {
     V y = c[0] * IO::load(x[0] + i) + c[1] * IO::load(x[1] + i);
     if constexpr (K == 3) {
       y += c[2] * IO::load(x[2] + i);
@@ -233,7 +246,8 @@ struct Kernel {
     IO::store(out + i, y);
   }
 
-  static void forward_range(const Ptrs<scalar_t>& p, const V* c, int64_t begin, int64_t end) {
+  GLID_SIMD_CLONES static void forward_range(const Ptrs<scalar_t>& p, const V* c, int64_t begin,
+                                             int64_t end) {
     int64_t i = begin;
     for (; i + W <= end; i += W) {
       forward_step(p.x, p.out[0], c, i);
@@ -253,8 +267,8 @@ struct Kernel {
 
   // Backward of W elements at offset i: writes the input gradients and adds
   // gy * (x_k - y) to acc[k].
-  static void backward_step(const scalar_t* g, const scalar_t* const* x, scalar_t* const* gx,
-                            const V* c, int64_t i, V* acc) {
+  GLID_INLINE static void backward_step(const scalar_t* g, const scalar_t* const* x,
+                                        scalar_t* const* gx, const V* c, int64_t i, V* acc) {
     V a[K];
     V y = c[0] * (a[0] = IO::load(x[0] + i));
     for (int k = 1; k < K; ++k) {
@@ -271,8 +285,8 @@ struct Kernel {
   }
 
   // One block [begin, end) of the backward pass; its K partial sums go to partial[0..K).
-  static void backward_block(const Ptrs<scalar_t>& p, const V* c, int64_t begin, int64_t end,
-                             double* partial) {
+  GLID_SIMD_CLONES static void backward_block(const Ptrs<scalar_t>& p, const V* c, int64_t begin,
+                                              int64_t end, double* partial) {
     V acc[K];
     for (int k = 0; k < K; ++k) {
       acc[k] = splat<V>(acc_t(0));
