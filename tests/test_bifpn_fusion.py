@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_ext = pytest.mark.skipif(_ext.load_ext() is None, reason="glid._C is not built")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-# (out, grad of inputs, grad of weights) tolerances against the float64 reference, per dtype.
+# (atol, rtol) of the output, the input gradients and the weight gradient against the float64
+# reference, per dtype.
 # Low-precision outputs and input gradients are rounded once from fp32; the weight gradient is an
 # fp32 sum over all elements of exact products of the same rounded values.
 TOLS = {
