@@ -18,11 +18,6 @@ bool has_cuda() {
 }
 
 TORCH_LIBRARY(glid, m) {
-  // ---- bifpn_fusion ----
-  m.def("fast_fusion_forward(Tensor[] inputs, Tensor weights, float eps, bool silu) -> Tensor");
-  m.def(
-      "fast_fusion_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, float eps, "
-      "bool silu) -> (Tensor[], Tensor)");
   // ---- ms_deform_attn ----
   m.def(
       "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
@@ -31,6 +26,17 @@ TORCH_LIBRARY(glid, m) {
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output, "
       "bool deterministic) -> (Tensor, Tensor, Tensor)");
+}
+
+// ---- bifpn_fusion ----
+// A fragment of its own, so that set_python_module (where torch finds the Python fake impls and
+// autograd of these C++ ops) applies to these two ops only.
+TORCH_LIBRARY_FRAGMENT(glid, m) {
+  m.set_python_module("glid.layers.bifpn_fusion");
+  m.def("fast_fusion_forward(Tensor[] inputs, Tensor weights, float eps, bool silu) -> Tensor");
+  m.def(
+      "fast_fusion_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, float eps, "
+      "bool silu) -> (Tensor[], Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(glid, CPU, m) {

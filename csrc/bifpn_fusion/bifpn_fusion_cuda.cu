@@ -1,11 +1,389 @@
-// STUB: replaced by the real CUDA kernel.
+// CUDA kernels of the fast normalized fusion op (see bifpn_fusion.h for the formula).
+//
+// Every tensor is contiguous and indexed as a flat array of n elements with 64-bit indices.
+// float/half/bfloat16 compute in float, double in double; the weights are read on the device
+// (no host sync) and each thread derives the normalized coefficients from them.
+// When every pointer is 16-byte aligned, threads move 16 bytes per load/store (4 float, 8 half
+// or bfloat16, 2 double); the elements past the last full vector are done one by one.
+//
+// Backward recomputes y = sum_k c_k x_k. The weight gradient
+//   dL/dw_k = [w_k > 0] * sum_i gy_i (x_k,i - y_i) / (eps + S)
+// is reduced per block (warp shuffles, then shared memory) into per-block partial sums, which
+// a second one-block kernel adds up in a fixed order: deterministic for a given grid.
+// ATen/cuda/CUDAContext.h is avoided on purpose: it pulls in the cuBLAS/cuSPARSE/cuSOLVER
+// headers, which a minimal CUDA toolkit lacks, and this file needs none of them.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
 #include "bifpn_fusion/bifpn_fusion.h"
+#include "bifpn_fusion/bifpn_fusion_checks.h"
+
 namespace glid {
-at::Tensor fast_fusion_forward_cuda(at::TensorList, const at::Tensor&, double, bool) {
-  TORCH_CHECK(false, "not implemented");
+namespace {
+
+constexpr int kThreads = 256;  // threads per block (a multiple of the warp size)
+constexpr int kWarpSize = 32;
+constexpr int kMaxK = bifpn::kMaxInputs;
+
+template <typename scalar_t>
+struct FusionPtrs {
+  const scalar_t* g;
+  const scalar_t* x[kMaxK];
+  scalar_t* out[kMaxK];  // forward: out[0]; backward: the input gradients
+};
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+__device__ __forceinline__ float exp_acc(float x) {
+  return expf(x);
 }
+__device__ __forceinline__ double exp_acc(double x) {
+  return exp(x);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t silu(acc_t y) {
+  return y / (acc_t(1) + exp_acc(-y));
+}
+
+// d silu(y) / dy = s (1 + y (1 - s)), s = sigmoid(y).
+template <typename acc_t>
+__device__ __forceinline__ acc_t silu_grad(acc_t y) {
+  const acc_t s = acc_t(1) / (acc_t(1) + exp_acc(-y));
+  return s * (acc_t(1) + y * (acc_t(1) - s));
+}
+
+// c_k = relu(w_k) / (eps + sum_j relu(w_j)); returns 1 / (eps + sum_j relu(w_j)).
+template <typename acc_t, int K>
+__device__ __forceinline__ acc_t load_coefs(const acc_t* __restrict__ w, acc_t eps, acc_t* c) {
+  acc_t a[K];
+  acc_t sum = 0;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const acc_t wk = w[k];
+    a[k] = wk != wk ? wk : (wk > acc_t(0) ? wk : acc_t(0));  // relu; NaN stays NaN
+    sum += a[k];
+  }
+  const acc_t denom = eps + sum;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    c[k] = a[k] / denom;
+  }
+  return acc_t(1) / denom;
+}
+
+// Sums v[0..K) over the block; the result is valid in thread 0. Needs blockDim.x == kThreads.
+template <typename acc_t, int K>
+__device__ __forceinline__ void block_sum(acc_t* v) {
+  __shared__ acc_t warp_sums[K][kThreads / kWarpSize];
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int off = kWarpSize / 2; off > 0; off /= 2) {
+      v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+    }
+    if (lane == 0) {
+      warp_sums[k][warp] = v[k];
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = lane < kThreads / kWarpSize ? warp_sums[k][lane] : acc_t(0);
+#pragma unroll
+      for (int off = kWarpSize / 2; off > 0; off /= 2) {
+        v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int K, bool SILU, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    fusion_forward_kernel(FusionPtrs<scalar_t> p, const at::opmath_type<scalar_t>* __restrict__ w,
+                          at::opmath_type<scalar_t> eps, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, VEC>;
+  acc_t c[K];
+  load_coefs<acc_t, K>(w, eps, c);
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t nvec = n / VEC;
+  for (int64_t i = tid; i < nvec; i += stride) {
+    P xv[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      xv[k] = reinterpret_cast<const P*>(p.x[k])[i];
+    }
+    P o;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      acc_t y = 0;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        y += c[k] * static_cast<acc_t>(xv[k].v[e]);
+      }
+      if constexpr (SILU) {
+        y = silu(y);
+      }
+      o.v[e] = static_cast<scalar_t>(y);
+    }
+    reinterpret_cast<P*>(p.out[0])[i] = o;
+  }
+  for (int64_t j = nvec * VEC + tid; j < n; j += stride) {
+    acc_t y = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      y += c[k] * static_cast<acc_t>(p.x[k][j]);
+    }
+    if constexpr (SILU) {
+      y = silu(y);
+    }
+    p.out[0][j] = static_cast<scalar_t>(y);
+  }
+}
+
+// Writes the input gradients and, per block, partial[blockIdx.x * K + k] =
+// sum over the block's elements of gy * (x_k - y).
+template <typename scalar_t, int K, bool SILU, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    fusion_backward_kernel(FusionPtrs<scalar_t> p, const at::opmath_type<scalar_t>* __restrict__ w,
+                           at::opmath_type<scalar_t> eps, int64_t n,
+                           at::opmath_type<scalar_t>* __restrict__ partial) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using P = Pack<scalar_t, VEC>;
+  acc_t c[K];
+  load_coefs<acc_t, K>(w, eps, c);
+  acc_t s[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    s[k] = 0;
+  }
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t nvec = n / VEC;
+  for (int64_t i = tid; i < nvec; i += stride) {
+    const P gv = reinterpret_cast<const P*>(p.g)[i];
+    P xv[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      xv[k] = reinterpret_cast<const P*>(p.x[k])[i];
+    }
+    P gx[K];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      acc_t a[K];
+      acc_t y = 0;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        a[k] = static_cast<acc_t>(xv[k].v[e]);
+        y += c[k] * a[k];
+      }
+      acc_t gy = static_cast<acc_t>(gv.v[e]);
+      if constexpr (SILU) {
+        gy *= silu_grad(y);
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        gx[k].v[e] = static_cast<scalar_t>(c[k] * gy);
+        s[k] += gy * (a[k] - y);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      reinterpret_cast<P*>(p.out[k])[i] = gx[k];
+    }
+  }
+  for (int64_t j = nvec * VEC + tid; j < n; j += stride) {
+    acc_t a[K];
+    acc_t y = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      a[k] = static_cast<acc_t>(p.x[k][j]);
+      y += c[k] * a[k];
+    }
+    acc_t gy = static_cast<acc_t>(p.g[j]);
+    if constexpr (SILU) {
+      gy *= silu_grad(y);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      p.out[k][j] = static_cast<scalar_t>(c[k] * gy);
+      s[k] += gy * (a[k] - y);
+    }
+  }
+  block_sum<acc_t, K>(s);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      partial[static_cast<int64_t>(blockIdx.x) * K + k] = s[k];
+    }
+  }
+}
+
+// One block: grad_w[k] = [w_k > 0] * sum_b partial[b * K + k] / (eps + S).
+template <typename acc_t, int K>
+__global__ void __launch_bounds__(kThreads)
+    fusion_weight_grad_kernel(const acc_t* __restrict__ partial, int64_t nparts,
+                              const acc_t* __restrict__ w, acc_t eps, acc_t* __restrict__ grad_w) {
+  acc_t s[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    s[k] = 0;
+  }
+  for (int64_t b = threadIdx.x; b < nparts; b += blockDim.x) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      s[k] += partial[b * K + k];
+    }
+  }
+  block_sum<acc_t, K>(s);
+  if (threadIdx.x == 0) {
+    acc_t c[K];
+    const acc_t inv_denom = load_coefs<acc_t, K>(w, eps, c);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      grad_w[k] = w[k] > acc_t(0) ? s[k] * inv_denom : acc_t(0);
+    }
+  }
+}
+
+bool aligned16(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
+
+// Blocks for a grid-stride loop over `work` items on the current device: enough to fill it
+// (2048 resident threads per SM), no more.
+int64_t num_blocks(int64_t work) {
+  int sms = 0;
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  const int64_t max_blocks = static_cast<int64_t>(sms) * (2048 / kThreads);
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, max_blocks));
+}
+
+template <int K>
+using KConst = std::integral_constant<int, K>;
+
+// Calls f(KConst<K>, std::bool_constant<SILU>) for the runtime (k, silu).
+template <typename F>
+void dispatch_k_silu(size_t k, bool silu, const F& f) {
+  if (k == 2) {
+    silu ? f(KConst<2>{}, std::true_type{}) : f(KConst<2>{}, std::false_type{});
+  } else {
+    silu ? f(KConst<3>{}, std::true_type{}) : f(KConst<3>{}, std::false_type{});
+  }
+}
+
+}  // namespace
+
+at::Tensor fast_fusion_forward_cuda(at::TensorList inputs, const at::Tensor& weights, double eps,
+                                    bool silu) {
+  bifpn::check_fusion_args("fast_fusion_forward", inputs, weights, eps, c10::DeviceType::CUDA);
+  const c10::cuda::OptionalCUDAGuard guard(inputs[0].device());
+  at::Tensor out = at::empty_like(inputs[0], at::MemoryFormat::Contiguous);
+  const int64_t n = out.numel();
+  if (n == 0) {
+    return out;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "fast_fusion_forward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        constexpr int kVec = 16 / sizeof(scalar_t);
+        FusionPtrs<scalar_t> p{};
+        bool vec_ok = aligned16(out.const_data_ptr());
+        for (size_t k = 0; k < inputs.size(); ++k) {
+          p.x[k] = inputs[k].const_data_ptr<scalar_t>();
+          vec_ok = vec_ok && aligned16(p.x[k]);
+        }
+        p.out[0] = out.mutable_data_ptr<scalar_t>();
+        const acc_t* w = weights.const_data_ptr<acc_t>();
+        const auto e = static_cast<acc_t>(eps);
+        dispatch_k_silu(inputs.size(), silu, [&](auto kc, auto act) {
+          constexpr int K = decltype(kc)::value;
+          constexpr bool SILU = decltype(act)::value;
+          if (vec_ok) {
+            fusion_forward_kernel<scalar_t, K, SILU, kVec>
+                <<<num_blocks(n / kVec), kThreads, 0, stream>>>(p, w, e, n);
+          } else {
+            fusion_forward_kernel<scalar_t, K, SILU, 1>
+                <<<num_blocks(n), kThreads, 0, stream>>>(p, w, e, n);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+  return out;
+}
+
 std::tuple<std::vector<at::Tensor>, at::Tensor> fast_fusion_backward_cuda(
-    const at::Tensor&, at::TensorList, const at::Tensor&, double, bool) {
-  TORCH_CHECK(false, "not implemented");
+    const at::Tensor& grad_out, at::TensorList inputs, const at::Tensor& weights, double eps,
+    bool silu) {
+  bifpn::check_fusion_args("fast_fusion_backward", inputs, weights, eps, c10::DeviceType::CUDA);
+  bifpn::check_grad_out("fast_fusion_backward", grad_out, inputs[0]);
+  const c10::cuda::OptionalCUDAGuard guard(inputs[0].device());
+  std::vector<at::Tensor> grads;
+  grads.reserve(inputs.size());
+  for (const auto& x : inputs) {
+    grads.push_back(at::empty_like(x, at::MemoryFormat::Contiguous));
+  }
+  at::Tensor grad_w = at::zeros_like(weights, at::MemoryFormat::Contiguous);
+  const int64_t n = grad_out.numel();
+  if (n == 0) {
+    return {grads, grad_w};
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "fast_fusion_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        constexpr int kVec = 16 / sizeof(scalar_t);
+        FusionPtrs<scalar_t> p{};
+        p.g = grad_out.const_data_ptr<scalar_t>();
+        bool vec_ok = aligned16(p.g);
+        for (size_t k = 0; k < inputs.size(); ++k) {
+          p.x[k] = inputs[k].const_data_ptr<scalar_t>();
+          p.out[k] = grads[k].mutable_data_ptr<scalar_t>();
+          vec_ok = vec_ok && aligned16(p.x[k]) && aligned16(p.out[k]);
+        }
+        const acc_t* w = weights.const_data_ptr<acc_t>();
+        acc_t* gw = grad_w.mutable_data_ptr<acc_t>();
+        const auto e = static_cast<acc_t>(eps);
+        const int64_t blocks = vec_ok ? num_blocks(n / kVec) : num_blocks(n);
+        const auto k_inputs = static_cast<int64_t>(inputs.size());
+        at::Tensor partial = at::empty({blocks * k_inputs}, weights.options());
+        acc_t* part = partial.mutable_data_ptr<acc_t>();
+        dispatch_k_silu(inputs.size(), silu, [&](auto kc, auto act) {
+          constexpr int K = decltype(kc)::value;
+          constexpr bool SILU = decltype(act)::value;
+          if (vec_ok) {
+            fusion_backward_kernel<scalar_t, K, SILU, kVec>
+                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, part);
+          } else {
+            fusion_backward_kernel<scalar_t, K, SILU, 1>
+                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, part);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          fusion_weight_grad_kernel<acc_t, K><<<1, kThreads, 0, stream>>>(part, blocks, w, e, gw);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+  return {grads, grad_w};
 }
+
 }  // namespace glid
