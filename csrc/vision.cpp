@@ -24,9 +24,12 @@ TORCH_LIBRARY(glid, m) {
       "fast_fusion_backward(Tensor grad_out, Tensor[] inputs, Tensor weights, float eps, "
       "bool silu) -> (Tensor[], Tensor)");
   // ---- ms_deform_attn ----
+  // Fake impls and the autograd formula live in this Python module (torch imports it on demand).
+  m.set_python_module("glid.layers.ms_deform_attn");
   m.def(
       "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
-      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+      "Tensor sampling_locations, Tensor attention_weights, bool deterministic_backward=False) "
+      "-> Tensor");
   m.def(
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output, "
