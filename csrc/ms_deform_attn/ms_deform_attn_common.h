@@ -136,10 +136,15 @@ C10_HOST_DEVICE inline double floor_(double v) { return floor(v); }
 // Pixel coordinates of a normalized location (x, y) with align_corners=False:
 // h = y * H - 0.5, w = x * W - 0.5. Written as one fused multiply-add on the device so that every
 // kernel computes bit-identical coordinates (the deterministic backward relies on it).
+#if defined(__CUDA_ARCH__)
+__device__ inline float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ inline double fma_rn(double a, double b, double c) { return __fma_rn(a, b, c); }
+#endif
+
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t pixel_coord(acc_t loc, int64_t size) {
 #if defined(__CUDA_ARCH__)
-  return fma(loc, static_cast<acc_t>(size), static_cast<acc_t>(-0.5));
+  return fma_rn(loc, static_cast<acc_t>(size), static_cast<acc_t>(-0.5));
 #else
   return loc * static_cast<acc_t>(size) - static_cast<acc_t>(0.5);
 #endif
