@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <vector>
 
 namespace glid {
@@ -107,25 +109,28 @@ inline Levels check_inputs(const char* fn, const at::Tensor& value,
   lv.H.resize(L);
   lv.W.resize(L);
   lv.start.resize(L);
+  // Running sum of H*W; `overflow` once it no longer fits int64 (it can then never equal S).
   int64_t total = 0;
+  bool overflow = false;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t H = ss_p[2 * l], W = ss_p[2 * l + 1];
     TORCH_CHECK(H >= 1 && W >= 1, fn, ": spatial_shapes[", l, "] = (", H, ", ", W,
                 ") must be positive");
-    TORCH_CHECK(ls_p[l] == total, fn, ": level_start_index[", l, "] = ", ls_p[l],
+    TORCH_CHECK(overflow || ls_p[l] == total, fn, ": level_start_index[", l, "] = ", ls_p[l],
                 " but the levels before it hold ", total, " positions (expected the cumulative "
                 "sum of H*W)");
-    // H * W <= S - total, tested without overflow.
-    TORCH_CHECK(total <= S && H <= (S - total) / W, fn, ": value has S = ", S,
-                " positions but spatial_shapes needs more (level ", l, " is ", H, "x", W,
-                " starting at ", total, ")");
-    total += H * W;
+    if (!overflow && H <= (std::numeric_limits<int64_t>::max() - total) / W) {
+      total += H * W;
+    } else {
+      overflow = true;
+    }
     lv.H[l] = H;
     lv.W[l] = W;
     lv.start[l] = ls_p[l];
   }
-  TORCH_CHECK(total == S, fn, ": value.shape[1] = S = ", S,
-              " must equal the sum of H*W over spatial_shapes = ", total);
+  TORCH_CHECK(!overflow && total == S, fn, ": value.shape[1] = S = ", S,
+              " must equal the sum of H*W over spatial_shapes = ",
+              overflow ? std::string("(more than int64 holds)") : std::to_string(total));
   (void)P;
   return lv;
 }

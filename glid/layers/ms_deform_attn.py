@@ -110,7 +110,13 @@ def _check_static(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> None:
-    """Checks types, ranks, sizes and devices (no data access: safe under torch.compile)."""
+    """Checks types, ranks, sizes and devices (no data access: safe under torch.compile).
+
+    Skipped under ``torch.jit.trace`` (the checks would only add TracerWarnings; the C++ op still
+    validates everything).
+    """
+    if torch.jit.is_tracing():
+        return
     args = {
         "value": value,
         "spatial_shapes": spatial_shapes,
@@ -122,7 +128,9 @@ def _check_static(
         if not isinstance(t, Tensor):
             raise TypeError(f"ms_deform_attn: {name} must be a Tensor, got {type(t).__name__}")
     if value.dim() != 4:
-        raise ValueError(f"ms_deform_attn: value must be 4-D (N, S, M, D), got {tuple(value.shape)}")
+        raise ValueError(
+            f"ms_deform_attn: value must be 4-D (N, S, M, D), got {tuple(value.shape)}"
+        )
     n, _, m, _ = value.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
         raise ValueError(
@@ -391,19 +399,20 @@ def ms_deform_attn(
                 deterministic=deterministic,
             )
     _check_same_dtype(value, sampling_locations, attention_weights)
-    if not _use_kernel(device_type, value.dtype):
-        return ms_deform_attn_reference(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-    if deterministic is None:
-        deterministic = deterministic_backward_enabled()
     if (
         spatial_shapes.device.type == "cpu"
         and level_start_index.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
     ):
-        _level_sizes(spatial_shapes, level_start_index, value.shape[1])  # cheap: host tensors
+        # Cheap on host tensors; device ones are checked by the op itself (one small copy).
+        _level_sizes(spatial_shapes, level_start_index, value.shape[1])
+    if not _use_kernel(device_type, value.dtype):
+        return ms_deform_attn_reference(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    if deterministic is None:
+        deterministic = deterministic_backward_enabled()
     return torch.ops.glid.ms_deform_attn_forward(
         value.contiguous(),
         spatial_shapes.contiguous(),
