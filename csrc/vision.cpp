@@ -19,9 +19,12 @@ bool has_cuda() {
 
 TORCH_LIBRARY(glid, m) {
   // ---- ms_deform_attn ----
+  // Fake impls and the autograd formula live in this Python module (torch imports it on demand).
+  m.set_python_module("glid.layers.ms_deform_attn");
   m.def(
       "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
-      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+      "Tensor sampling_locations, Tensor attention_weights, bool deterministic_backward=False) "
+      "-> Tensor");
   m.def(
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output, "

@@ -1,0 +1,586 @@
+"""Tests of glid.layers.ms_deform_attn: kernels vs the float64 grid_sample reference (forward and
+the three gradients), gradcheck, low precision, deterministic backward, input validation, the
+reference path, torch.compile, autocast and the fvcore flop handle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from glid.layers import _ext
+from glid.layers.ms_deform_attn import (
+    TRACED_OP_NAME,
+    deterministic_backward_enabled,
+    ms_deform_attn,
+    ms_deform_attn_flop_jit,
+    ms_deform_attn_reference,
+    set_deterministic_backward,
+)
+
+HAS_C = _ext.load_ext() is not None
+HAS_CUDA = HAS_C and torch.cuda.is_available() and _ext.has_cuda_kernels()
+needs_c = pytest.mark.skipif(not HAS_C, reason="glid._C is not built")
+needs_cuda = pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device and glid._C with CUDA kernels"
+)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_inputs(
+    n: int,
+    lq: int,
+    m: int,
+    d: int,
+    shapes: list[tuple[int, int]],
+    p: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str = "cpu",
+    lo: float = -0.3,
+    hi: float = 1.3,
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs; locations uniform in [lo, hi] (partly outside the maps by default)."""
+    gen = torch.Generator().manual_seed(seed)
+    ss = torch.tensor(shapes, dtype=torch.int64)
+    sizes = ss[:, 0] * ss[:, 1]
+    lsi = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    s, num_levels = int(sizes.sum()), len(shapes)
+    value = torch.randn(n, s, m, d, generator=gen, dtype=torch.float64)
+    loc = torch.rand(n, lq, m, num_levels, p, 2, generator=gen, dtype=torch.float64)
+    loc = loc * (hi - lo) + lo
+    attn = torch.rand(n, lq, m, num_levels, p, generator=gen, dtype=torch.float64)
+    attn = attn / attn.sum((-1, -2), keepdim=True)
+    return tuple(t.to(device=device, dtype=dtype) for t in (value, loc, attn)) + (
+        ss.to(device),
+        lsi.to(device),
+    )
+
+
+def run_with_grads(fn, value, loc, attn, ss, lsi, grad=None, **kwargs):
+    """Output and (grad_value, grad_loc, grad_attn) for an upstream gradient ``grad``."""
+    value, loc, attn = (t.detach().requires_grad_() for t in (value, loc, attn))
+    out = fn(value, ss, lsi, loc, attn, **kwargs)
+    if grad is None:
+        # Drawn in float64 whatever the dtype, so that every dtype sees the same gradient.
+        gen = torch.Generator().manual_seed(1)
+        grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(out, (value, loc, attn), grad.to(out))
+    return out.detach(), grads
+
+
+def assert_close_to_reference(out, grads, out_ref, grads_ref, rtol, atol):
+    names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+    for name, x, y in zip(names, (out, *grads), (out_ref, *grads_ref)):
+        assert x.shape == y.shape, name
+        scale = y.abs().max().item() + 1.0  # relative to the magnitude of the whole tensor
+        err = (x.double() - y.double()).abs().max().item()
+        assert err <= (atol + rtol) * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
+
+
+# (N, D, spatial shapes): batch 1/3/7, channels 1/30/32/71/1025, a 1x1 level, non-square levels.
+CASES = [
+    (1, 30, [(1, 1), (3, 5), (6, 4)]),
+    (3, 1, [(2, 7), (1, 1)]),
+    (7, 32, [(4, 4), (2, 3)]),
+    (2, 71, [(5, 3)]),
+    (1, 1025, [(2, 3), (1, 1)]),
+]
+
+
+def _case_inputs(n, d, shapes, dtype=torch.float64, device="cpu"):
+    lq, m, p = (3, 2, 2) if d > 100 else (5, 3, 3)
+    return make_inputs(n, lq, m, d, shapes, p, dtype=dtype, device=device, seed=n * 1000 + d)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU kernel vs reference
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_c
+@pytest.mark.parametrize("n,d,shapes", CASES)
+def test_cpu_float64_matches_reference(n, d, shapes):
+    value, loc, attn, ss, lsi = _case_inputs(n, d, shapes)
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert out.shape == (n, loc.shape[1], value.shape[2] * d)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("n,d,shapes", [CASES[0], CASES[2], CASES[4]])
+def test_cpu_lower_precision_matches_reference(n, d, shapes, dtype, tol):
+    value, loc, attn, ss, lsi = _case_inputs(n, d, shapes)
+    # Same (rounded) inputs for both, so only the kernel's arithmetic differs.
+    value, loc, attn = (t.to(dtype) for t in (value, loc, attn))
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    out_ref, grads_ref = run_with_grads(
+        ms_deform_attn_reference, *(t.double() for t in (value, loc, attn)), ss, lsi
+    )
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=tol, atol=tol)
+
+
+@needs_c
+def test_cpu_gradcheck():
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, [(2, 3), (1, 1), (3, 2)], 2, seed=7)
+    value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
+
+    def fn(v, sl, aw):
+        return ms_deform_attn(v, ss, lsi, sl, aw)
+
+    assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@needs_c
+def test_cpu_non_finite_and_far_locations_contribute_zero():
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 5, [(3, 4), (2, 2)], 4, seed=3)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 5.0])
+    loc[0, :, :, :, :2, 0] = specials[torch.arange(loc[0, :, :, :, :2, 0].numel()) % 6].view(
+        loc[0, :, :, :, :2, 0].shape
+    )
+    far = torch.where(torch.isfinite(loc), loc, torch.full_like(loc, 5.0))  # 5.0: off the map
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, far, attn, ss, lsi)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+@needs_c
+def test_cpu_empty_batch():
+    value, loc, attn, ss, lsi = make_inputs(0, 3, 2, 4, [(2, 2)], 2)
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    assert out.shape == (0, 3, 8)
+    assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
+
+
+@needs_c
+def test_cpu_deterministic_backward_equals_default():
+    value, loc, attn, ss, lsi = _case_inputs(*CASES[2], dtype=torch.float32)
+    _, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi, deterministic=False)
+    _, grads_det = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi, deterministic=True)
+    for g, gd in zip(grads, grads_det):
+        assert torch.equal(g, gd)
+
+
+def test_deterministic_switches():
+    previous = set_deterministic_backward(False)
+    try:
+        assert not deterministic_backward_enabled()
+        set_deterministic_backward(True)
+        assert deterministic_backward_enabled()
+        set_deterministic_backward(False)
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert deterministic_backward_enabled()
+        finally:
+            torch.use_deterministic_algorithms(False)
+    finally:
+        set_deterministic_backward(previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation: Python messages first, then the C++ TORCH_CHECKs on direct op calls
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid():
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 4, [(3, 4), (2, 2)], 2, dtype=torch.float32)
+    return {"value": value, "ss": ss, "lsi": lsi, "loc": loc, "attn": attn}
+
+
+def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+# name, mutation, Python (exception, regex), C++ regex (None: the op is not reached)
+INVALID = [
+    (
+        "value_rank",
+        lambda a: a.update(value=a["value"][0]),
+        (ValueError, "value must be 4-D"),
+        "value must be 4-D",
+    ),
+    (
+        "shapes_dtype",
+        lambda a: a.update(ss=a["ss"].int()),
+        (TypeError, "spatial_shapes must be int64"),
+        "spatial_shapes must be int64",
+    ),
+    (
+        "shapes_rank",
+        lambda a: a.update(ss=a["ss"].flatten()),
+        (ValueError, r"spatial_shapes must be \(L, 2\)"),
+        r"spatial_shapes must be \(L, 2\)",
+    ),
+    (
+        "start_len",
+        lambda a: a.update(lsi=a["lsi"][:1]),
+        (ValueError, r"level_start_index must be \(L,\)"),
+        r"level_start_index must be \(L,\)",
+    ),
+    (
+        "start_value",
+        lambda a: a.update(lsi=torch.tensor([0, 11])),
+        (ValueError, r"level_start_index\[1\] = 11"),
+        r"level_start_index\[1\] = 11",
+    ),
+    (
+        "sum_hw",
+        lambda a: a.update(value=a["value"][:, :-1].contiguous()),
+        (ValueError, "must equal the sum of H\\*W"),
+        "must equal the sum of H\\*W",
+    ),
+    (
+        "huge_shapes",
+        lambda a: a.update(ss=torch.tensor([[2**40, 2**40], [1, 1]])),
+        (ValueError, r"level_start_index\[1\] = 12"),
+        "must equal the sum of H\\*W",
+    ),
+    (
+        "zero_shape",
+        lambda a: a.update(ss=torch.tensor([[0, 4], [2, 2]])),
+        (ValueError, "must be positive"),
+        "must be positive",
+    ),
+    (
+        "loc_levels",
+        lambda a: a.update(loc=a["loc"][:, :, :, :1]),
+        (ValueError, "sampling_locations must be"),
+        "sampling_locations must be",
+    ),
+    (
+        "attn_points",
+        lambda a: a.update(attn=a["attn"][..., :1]),
+        (ValueError, "attention_weights must be"),
+        "attention_weights must be",
+    ),
+    (
+        "mixed_dtypes",
+        lambda a: a.update(loc=a["loc"].double()),
+        (TypeError, "same dtype"),
+        "same dtype",
+    ),
+    (
+        "int_value",
+        lambda a: a.update(value=a["value"].long()),
+        (TypeError, "value must be a floating-point"),
+        "value must be a floating-point",
+    ),
+    (
+        "not_tensor",
+        lambda a: a.update(attn=a["attn"].tolist()),
+        (TypeError, "attention_weights must be a Tensor"),
+        None,
+    ),
+    (
+        "non_contiguous",
+        lambda a: a.update(value=_non_contiguous(a["value"])),
+        None,
+        "must be contiguous",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,mutate,py_err,cpp_msg", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_inputs_python(name, mutate, py_err, cpp_msg):
+    args = _valid()
+    mutate(args)
+    call = (args["value"], args["ss"], args["lsi"], args["loc"], args["attn"])
+    if py_err is None:  # the wrapper accepts it (e.g. makes inputs contiguous)
+        if HAS_C:
+            torch.testing.assert_close(ms_deform_attn(*call), ms_deform_attn_reference(*call))
+        return
+    for fn in (ms_deform_attn, ms_deform_attn_reference):
+        with pytest.raises(py_err[0], match=py_err[1]):
+            fn(*call)
+
+
+INVALID_CPP = [c for c in INVALID if c[3] is not None]  # non-tensors never reach the op
+
+
+@needs_c
+@pytest.mark.parametrize("name,mutate,py_err,cpp_msg", INVALID_CPP, ids=[c[0] for c in INVALID_CPP])
+def test_invalid_inputs_cpp(name, mutate, py_err, cpp_msg):
+    args = _valid()
+    mutate(args)
+    call = (args["value"], args["ss"], args["lsi"], args["loc"], args["attn"])
+    with pytest.raises(RuntimeError, match=cpp_msg):
+        torch.ops.glid.ms_deform_attn_forward(*call)
+
+
+@needs_c
+def test_invalid_grad_output_cpp():
+    a = _valid()
+    call = (a["value"], a["ss"], a["lsi"], a["loc"], a["attn"])
+    with pytest.raises(RuntimeError, match="grad_output must be"):
+        torch.ops.glid.ms_deform_attn_backward(*call, torch.zeros(2, 3, 7), False)
+    with pytest.raises(RuntimeError, match="grad_output must have value's dtype"):
+        torch.ops.glid.ms_deform_attn_backward(*call, torch.zeros(2, 3, 8).double(), False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Path selection: reference on request, for dtypes without a kernel, and without _C
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reference_path_when_requested(monkeypatch):
+    monkeypatch.setenv("GLID_REFERENCE_OPS", "1")
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 3, [(3, 2), (1, 1)], 2)
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert torch.equal(out, out_ref)  # bitwise: the same code ran
+    assert all(torch.equal(g, r) for g, r in zip(grads, grads_ref))
+    assert "ref:ms_deform_attn" in _ext._logged
+
+
+@needs_c
+def test_reference_path_for_cpu_float16():
+    value, loc, attn, ss, lsi = make_inputs(1, 4, 2, 3, [(3, 2)], 2, dtype=torch.float16)
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, ms_deform_attn_reference(value, ss, lsi, loc, attn))
+    assert "ms_deform_attn:no-kernel:cpu:torch.float16" in _ext._logged
+
+
+def test_import_and_errors_without_extension():
+    script = textwrap.dedent(
+        """
+        import importlib.abc, os, sys, torch
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "glid._C":
+                    raise ImportError("glid._C blocked for this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from glid.layers import ms_deform_attn  # importing works without _C
+        args = (torch.randn(1, 6, 1, 2), torch.tensor([[2, 3]]), torch.tensor([0]),
+                torch.rand(1, 2, 1, 1, 1, 2), torch.rand(1, 2, 1, 1, 1))
+        try:
+            ms_deform_attn(*args)
+        except RuntimeError as e:
+            assert "GLID_REFERENCE_OPS" in str(e), e
+        else:
+            raise AssertionError("no error without _C")
+        os.environ["GLID_REFERENCE_OPS"] = "1"
+        assert ms_deform_attn(*args).shape == (1, 2, 2)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("GLID_REFERENCE_OPS", None)
+    res = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library integration: opcheck, torch.compile, autocast, fvcore
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_c
+def test_opcheck():
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 4, [(3, 2), (1, 1)], 2, dtype=torch.float32)
+    value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
+    torch.library.opcheck(
+        torch.ops.glid.ms_deform_attn_forward.default, (value, ss, lsi, loc, attn, False)
+    )
+    grad = torch.randn(2, 3, 8)
+    torch.library.opcheck(
+        torch.ops.glid.ms_deform_attn_backward.default,
+        (value.detach(), ss, lsi, loc.detach(), attn.detach(), grad, True),
+    )
+
+
+class TinyDeformAttn(nn.Module):
+    """A small MSDeformAttn-like layer: projections around the op."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, levels: int = 2, points: int = 2):
+        super().__init__()
+        self.m, self.l, self.p, self.d = heads, levels, points, dim // heads
+        self.value_proj = nn.Linear(dim, dim)
+        self.offsets = nn.Linear(dim, heads * levels * points * 2)
+        self.weights = nn.Linear(dim, heads * levels * points)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query, ref, src, ss, lsi):
+        n, lq, _ = query.shape
+        value = self.value_proj(src).view(n, src.shape[1], self.m, self.d)
+        off = self.offsets(query).view(n, lq, self.m, self.l, self.p, 2).tanh()
+        loc = ref[:, :, None, None, None, :] + 0.2 * off
+        attn = self.weights(query).view(n, lq, self.m, self.l * self.p).softmax(-1)
+        attn = attn.view(n, lq, self.m, self.l, self.p)
+        return self.out_proj(ms_deform_attn(value, ss, lsi, loc, attn))
+
+
+def _tiny_inputs():
+    gen = torch.Generator().manual_seed(0)
+    ss, lsi = torch.tensor([[3, 4], [2, 2]]), torch.tensor([0, 12])
+    return (
+        torch.randn(2, 5, 8, generator=gen),
+        torch.rand(2, 5, 2, generator=gen),
+        torch.randn(2, 16, 8, generator=gen),
+        ss,
+        lsi,
+    )
+
+
+@needs_c
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = TinyDeformAttn()
+    inputs = _tiny_inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    out_c = compiled(*inputs)
+    out_c.square().sum().backward()
+    grads_c = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out_e = model(*inputs)
+    out_e.square().sum().backward()
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    for gc, ge in zip(grads_c, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-5)
+
+
+@needs_c
+def test_autocast_runs_op_in_float32():
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn(value.bfloat16(), ss, lsi, loc, attn)  # mixed dtypes are fine here
+    assert out.dtype == torch.float32
+    expected = ms_deform_attn(value.bfloat16().float(), ss, lsi, loc, attn)
+    assert torch.equal(out, expected)
+
+
+@needs_c
+def test_fvcore_flop_handle():
+    fvcore_nn = pytest.importorskip("fvcore.nn")
+
+    class Op(nn.Module):
+        def forward(self, value, ss, lsi, loc, attn):
+            return ms_deform_attn(value, ss, lsi, loc, attn)
+
+    value, loc, attn, ss, lsi = make_inputs(2, 5, 2, 3, [(2, 3), (1, 1)], 4, dtype=torch.float32)
+    flops = fvcore_nn.FlopCountAnalysis(Op(), (value, ss, lsi, loc, attn))
+    flops.set_op_handle(TRACED_OP_NAME, ms_deform_attn_flop_jit)
+    assert flops.total() == 2 * 5 * 2 * 2 * 4 * 3 * 5  # N * Lq * M * L * P * D * 5
+    assert TRACED_OP_NAME not in flops.unsupported_ops()
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("n,d,shapes", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_matches_reference(n, d, shapes, dtype, deterministic):
+    value, loc, attn, ss, lsi = _case_inputs(n, d, shapes, dtype=dtype, device="cuda")
+    out, grads = run_with_grads(
+        ms_deform_attn, value, loc, attn, ss, lsi, deterministic=deterministic
+    )
+    out_ref, grads_ref = run_with_grads(
+        ms_deform_attn_reference, *(t.double() for t in (value, loc, attn)), ss, lsi
+    )
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("n,d,shapes", [CASES[0], CASES[2], CASES[3]])
+def test_cuda_low_precision_vs_float32(n, d, shapes, dtype, tol):
+    value, loc, attn, ss, lsi = _case_inputs(n, d, shapes, dtype=dtype, device="cuda")
+    # Both kernels see the same rounded inputs; only accumulation and output rounding differ.
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    assert out.dtype == dtype
+    inputs32 = (t.float() for t in (value, loc, attn))
+    out32, grads32 = run_with_grads(ms_deform_attn, *inputs32, ss, lsi)
+    assert_close_to_reference(out, grads, out32, grads32, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_deterministic_backward_is_bitwise_repeatable(dtype):
+    # Dense sampling of few cells: many samples land on the same value rows.
+    value, loc, attn, ss, lsi = make_inputs(
+        3, 300, 4, 32, [(4, 4), (2, 3), (1, 1)], 4, dtype=dtype, device="cuda", seed=5
+    )
+    grad = torch.randn(3, 300, 128, device="cuda", dtype=dtype)
+    runs = [
+        run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi, grad, deterministic=True)[1]
+        for _ in range(3)
+    ]
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+    _, grads_atomic = run_with_grads(
+        ms_deform_attn, value, loc, attn, ss, lsi, grad, deterministic=False
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for g_det, g_atomic in zip(runs[0], grads_atomic):
+        scale = g_atomic.abs().max().item() + 1
+        assert (g_det.float() - g_atomic.float()).abs().max().item() <= tol * scale
+    # grad_loc and grad_attn never use atomics: identical in both modes.
+    assert torch.equal(runs[0][1], grads_atomic[1]) and torch.equal(runs[0][2], grads_atomic[2])
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_64bit_indexing():
+    # value (and grad_value) have > 2**31 elements; the samples hit the last rows of the map.
+    h, w, d = 2048, 1024, 1025
+    value = torch.zeros(1, h * w, 1, d, device="cuda", dtype=torch.float16)
+    value[:, -4 * w :].normal_()
+    value.requires_grad_()
+    ss, lsi = torch.tensor([[h, w]]), torch.tensor([0])
+    loc = torch.tensor([[1 - 1.3 / w, 1 - 1.7 / h], [1 - 0.2 / w, 1 - 0.4 / h]], device="cuda")
+    loc = loc.view(1, 2, 1, 1, 1, 2).half()
+    attn = torch.ones(1, 2, 1, 1, 1, device="cuda", dtype=torch.float16)
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    grad = torch.randn_like(out)
+    (grad_value,) = torch.autograd.grad(out, value, grad)
+    # The same samples on the 4-row tail of the map (pixel rows h-4 .. h-1), in float32.
+    tail = value.detach()[:, -4 * w :].float().requires_grad_()
+    tail_loc = loc.float()
+    tail_loc[..., 1] = (tail_loc[..., 1] * h - (h - 4)) / 4
+    expected = ms_deform_attn_reference(
+        tail, torch.tensor([[4, w]]), torch.tensor([0]), tail_loc, attn.float()
+    )
+    (grad_tail,) = torch.autograd.grad(expected, tail, grad.float())
+    torch.testing.assert_close(out.float(), expected, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(grad_value[:, -4 * w :].float(), grad_tail, rtol=2e-3, atol=2e-3)
+    assert not grad_value[:, : -4 * w].any()
+    del value, grad_value
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_invalid_input_raises_not_crashes():
+    a = _valid()
+    value, loc, attn = (a[k].cuda() for k in ("value", "loc", "attn"))
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ops.glid.ms_deform_attn_forward(value, a["ss"], a["lsi"], loc.cpu(), attn, False)
+    with pytest.raises(RuntimeError, match="must equal the sum"):
+        torch.ops.glid.ms_deform_attn_forward(
+            value[:, 1:].contiguous(), a["ss"].cuda(), a["lsi"].cuda(), loc, attn, False
+        )
+    torch.cuda.synchronize()  # the context is still healthy
