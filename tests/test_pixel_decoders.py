@@ -27,7 +27,12 @@ def swin_b_features(size=(640, 640)):
     h, w = size
     return {
         name: torch.randn(1, c, h // s, w // s)
-        for name, c, s in [("res2", 128, 4), ("res3", 256, 8), ("res4", 512, 16), ("res5", 1024, 32)]
+        for name, c, s in [
+            ("res2", 128, 4),
+            ("res3", 256, 8),
+            ("res4", 512, 16),
+            ("res5", 1024, 32),
+        ]
     }
 
 

@@ -34,7 +34,9 @@ class MSDeformAttn(nn.Module):
         num_points: sampling points P per head and level.
     """
 
-    def __init__(self, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4):
+    def __init__(
+        self, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
@@ -48,7 +50,9 @@ class MSDeformAttn(nn.Module):
     def reset_parameters(self) -> None:
         """Offsets start on rays in M directions, 1..P steps out; uniform attention."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
         directions = torch.stack([angles.cos(), angles.sin()], -1)
         directions = directions / directions.abs().max(-1, keepdim=True)[0]
         steps = torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
@@ -100,23 +104,40 @@ class MSDeformAttn(nn.Module):
 class MSDeformAttnEncoderLayer(nn.Module):
     """Post-norm encoder layer: deformable self-attention over all levels, then FFN."""
 
-    def __init__(self, dim: int, num_levels: int, num_heads: int, num_points: int, dim_feedforward: int, dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int,
+        num_heads: int,
+        num_points: int,
+        dim_feedforward: int,
+        dropout: float,
+    ):
         super().__init__()
         self.self_attn = MSDeformAttn(dim, num_levels, num_heads, num_points)
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dim_feedforward, dim)
+            nn.Linear(dim, dim_feedforward),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(dim_feedforward, dim),
         )
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index) -> torch.Tensor:
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+    def forward(
+        self, src, pos, reference_points, spatial_shapes, level_start_index
+    ) -> torch.Tensor:
+        attended = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index
+        )
         src = self.norm1(src + self.dropout(attended))
         return self.norm2(src + self.dropout(self.ffn(src)))
 
 
-def encoder_reference_points(spatial_shapes: list[tuple[int, int]], batch: int, device) -> torch.Tensor:
+def encoder_reference_points(
+    spatial_shapes: list[tuple[int, int]], batch: int, device
+) -> torch.Tensor:
     """Centre of every pixel of every level, normalized, repeated for each level:
     (batch, S, L, 2) (x, y). Inputs are padded per batch, so every level is fully valid."""
     points = []
@@ -164,7 +185,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_levels = len(self.transformer_in_features)
         self.input_proj = nn.ModuleList(
             [
-                nn.Sequential(nn.Conv2d(input_shape[n].channels, conv_dim, 1), nn.GroupNorm(32, conv_dim))
+                nn.Sequential(
+                    nn.Conv2d(input_shape[n].channels, conv_dim, 1), nn.GroupNorm(32, conv_dim)
+                )
                 for n in self.transformer_in_features
             ]
         )
@@ -176,13 +199,23 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.pos_embed = PositionEmbeddingSine(conv_dim // 2)
         self.layers = nn.ModuleList(
             [
-                MSDeformAttnEncoderLayer(conv_dim, num_levels, num_heads, num_points, dim_feedforward, dropout)
+                MSDeformAttnEncoderLayer(
+                    conv_dim, num_levels, num_heads, num_points, dim_feedforward, dropout
+                )
                 for _ in range(num_layers)
             ]
         )
-        self.lateral_conv = Conv2d(input_shape["res2"].channels, conv_dim, 1, bias=False, norm=get_norm(norm, conv_dim))
+        self.lateral_conv = Conv2d(
+            input_shape["res2"].channels, conv_dim, 1, bias=False, norm=get_norm(norm, conv_dim)
+        )
         self.output_conv = Conv2d(
-            conv_dim, conv_dim, 3, padding=1, bias=False, norm=get_norm(norm, conv_dim), activation=F.relu
+            conv_dim,
+            conv_dim,
+            3,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, conv_dim),
+            activation=F.relu,
         )
         self.mask_features = Conv2d(conv_dim, mask_dim, 1)
         for conv in (self.lateral_conv, self.output_conv, self.mask_features):
@@ -213,7 +246,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x = proj(features[name])
             shapes.append(tuple(x.shape[-2:]))
             srcs.append(x.flatten(2).transpose(1, 2))
-            pos.append(self.pos_embed(x).flatten(2).transpose(1, 2) + self.level_embed[i].to(x.dtype))
+            pos.append(
+                self.pos_embed(x).flatten(2).transpose(1, 2) + self.level_embed[i].to(x.dtype)
+            )
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
         device = src.device
         spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
@@ -227,5 +262,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             for y, (h, w) in zip(src.split([h * w for h, w in shapes], dim=1), shapes)
         ]
         lateral = self.lateral_conv(features["res2"])
-        y = lateral + F.interpolate(multi_scale[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        y = lateral + F.interpolate(
+            multi_scale[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.mask_features(self.output_conv(y)), multi_scale
