@@ -70,3 +70,41 @@ def test_params_and_flops_match_tab2(name):
     target_params, target_flops = TAB2[name]
     assert abs(params / target_params - 1) < 0.02, params
     assert abs(flops / target_flops - 1) < 0.05, flops
+
+
+def test_msdeformattn_module_compiles_fullgraph():
+    from glid.modeling.pixel_decoder.msdeformattn import MSDeformAttn, encoder_reference_points
+
+    torch.manual_seed(0)
+    attn = MSDeformAttn(dim=16, num_levels=2, num_heads=2, num_points=2)
+    shapes = [(4, 6), (2, 3)]
+    spatial_shapes = torch.tensor(shapes)
+    start = torch.tensor([0, 24])
+    value = torch.randn(2, 30, 16, requires_grad=True)
+    ref = encoder_reference_points(shapes, 2, "cpu")
+    eager = attn(value, ref, value, spatial_shapes, start)
+    compiled = torch.compile(attn, fullgraph=True, backend="aot_eager")
+    out = compiled(value, ref, value, spatial_shapes, start)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+    (grad_eager,) = torch.autograd.grad(eager.square().sum(), value)
+    (grad_compiled,) = torch.autograd.grad(out.square().sum(), value)
+    torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-5, atol=1e-6)
+
+
+def test_msdeformattn_autocast_keeps_locations_fp32(monkeypatch):
+    from glid.modeling.pixel_decoder import msdeformattn
+
+    seen = {}
+    real_op = msdeformattn.ms_deform_attn
+
+    def spy(value, spatial_shapes, level_start_index, locations, weights):
+        seen.update(locations=locations.dtype, weights=weights.dtype)
+        return real_op(value, spatial_shapes, level_start_index, locations, weights)
+
+    attn = msdeformattn.MSDeformAttn(dim=16, num_levels=1, num_heads=2, num_points=2)
+    monkeypatch.setattr(msdeformattn, "ms_deform_attn", spy)
+    value = torch.randn(1, 12, 16)
+    ref = msdeformattn.encoder_reference_points([(3, 4)], 1, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(value, ref, value, torch.tensor([[3, 4]]), torch.tensor([0]))
+    assert seen == {"locations": torch.float32, "weights": torch.float32}
