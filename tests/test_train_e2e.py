@@ -114,3 +114,19 @@ def test_demo_writes_visualizations(data_root, tmp_path):
          "--opts", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{PREFIX}_sem_seg_val',)"]
     )  # fmt: skip
     assert len(written) == 1 and os.path.getsize(written[0]) > 1000
+
+    import cv2
+
+    video_in = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video_in, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    frame = cv2.imread(image)
+    for _ in range(3):
+        writer.write(cv2.resize(frame, (64, 64)))
+    writer.release()
+    video_out = str(tmp_path / "clip_vis.mp4")
+    demo.main(
+        ["--config-file", TINY_CONFIG, "--video-input", video_in, "--output", video_out,
+         "--opts", "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{PREFIX}_sem_seg_val',)"]
+    )  # fmt: skip
+    frames = cv2.VideoCapture(video_out)
+    assert int(frames.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
