@@ -456,6 +456,45 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 @needs_c
+def test_torch_compile_retraces_when_deterministic_setting_changes():
+    value, loc, attn, ss, lsi = make_inputs(1, 3, 2, 4, [(3, 2)], 2, dtype=torch.float32)
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    fn = torch.compile(ms_deform_attn, backend=backend, fullgraph=True)
+    torch._dynamo.reset()
+    previous = set_deterministic_backward(False)
+    try:
+        fn(value, ss, lsi, loc, attn)
+        fn(value, ss, lsi, loc, attn)
+        set_deterministic_backward(True)
+        fn(value, ss, lsi, loc, attn)
+    finally:
+        set_deterministic_backward(previous)
+    flags = [
+        node.args[-1]
+        for gm in graphs
+        for node in gm.graph.nodes
+        if "ms_deform_attn_forward" in str(node.target)
+    ]
+    assert flags == [False, True]
+
+
+@needs_c
+@pytest.mark.parametrize("strict", [True, False])
+def test_torch_export_keeps_the_op(strict):
+    model = TinyDeformAttn().eval()
+    inputs = _tiny_inputs()
+    exported = torch.export.export(model, inputs, strict=strict)
+    targets = [str(node.target) for node in exported.graph.nodes]
+    assert "glid.ms_deform_attn_forward.default" in targets
+    torch.testing.assert_close(exported.module()(*inputs), model(*inputs))
+
+
+@needs_c
 def test_autocast_runs_op_in_float32():
     value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
