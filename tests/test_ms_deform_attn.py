@@ -130,6 +130,23 @@ def test_cpu_lower_precision_matches_reference(n, d, shapes, dtype, tol):
 
 
 @needs_c
+def test_cpu_backward_with_query_chunks():
+    # N * M = 1 < threads: the backward splits the queries over per-chunk grad_value buffers and
+    # reduces them in a fixed order.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        value, loc, attn, ss, lsi = make_inputs(1, 7, 1, 5, [(3, 4), (1, 1)], 3, seed=11)
+        out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+        _, grads_again = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    finally:
+        torch.set_num_threads(previous)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+
+
+@needs_c
 def test_cpu_gradcheck():
     value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, [(2, 3), (1, 1), (3, 2)], 2, seed=7)
     value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
