@@ -130,6 +130,23 @@ def test_cpu_lower_precision_matches_reference(n, d, shapes, dtype, tol):
 
 
 @needs_c
+def test_cpu_backward_with_query_chunks():
+    # N * M = 1 < threads: the backward splits the queries over per-chunk grad_value buffers and
+    # reduces them in a fixed order.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        value, loc, attn, ss, lsi = make_inputs(1, 7, 1, 5, [(3, 4), (1, 1)], 3, seed=11)
+        out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+        _, grads_again = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    finally:
+        torch.set_num_threads(previous)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+
+
+@needs_c
 def test_cpu_gradcheck():
     value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, [(2, 3), (1, 1), (3, 2)], 2, seed=7)
     value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
@@ -453,6 +470,45 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
     for gc, ge in zip(grads_c, (p.grad for p in model.parameters())):
         torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-5)
+
+
+@needs_c
+def test_torch_compile_retraces_when_deterministic_setting_changes():
+    value, loc, attn, ss, lsi = make_inputs(1, 3, 2, 4, [(3, 2)], 2, dtype=torch.float32)
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    fn = torch.compile(ms_deform_attn, backend=backend, fullgraph=True)
+    torch._dynamo.reset()
+    previous = set_deterministic_backward(False)
+    try:
+        fn(value, ss, lsi, loc, attn)
+        fn(value, ss, lsi, loc, attn)
+        set_deterministic_backward(True)
+        fn(value, ss, lsi, loc, attn)
+    finally:
+        set_deterministic_backward(previous)
+    flags = [
+        node.args[-1]
+        for gm in graphs
+        for node in gm.graph.nodes
+        if "ms_deform_attn_forward" in str(node.target)
+    ]
+    assert flags == [False, True]
+
+
+@needs_c
+@pytest.mark.parametrize("strict", [True, False])
+def test_torch_export_keeps_the_op(strict):
+    model = TinyDeformAttn().eval()
+    inputs = _tiny_inputs()
+    exported = torch.export.export(model, inputs, strict=strict)
+    targets = [str(node.target) for node in exported.graph.nodes]
+    assert "glid.ms_deform_attn_forward.default" in targets
+    torch.testing.assert_close(exported.module()(*inputs), model(*inputs))
 
 
 @needs_c

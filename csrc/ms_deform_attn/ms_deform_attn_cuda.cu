@@ -215,6 +215,34 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Deterministic grad_value, step 2 (helper): adds to `acc` the contributions, to channel d of
+// value cell (h, w), of the samples at sorted positions [lo, hi): those whose top-left corner is
+// (h - DH, w - DW), so that the cell is their corner (DH, DW). The bilinear weight is recomputed
+// from the location exactly as the other kernels compute it.
+template <int DH, int DW, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t gather_corner(acc_t acc, int64_t lo, int64_t hi,
+                                               const int64_t* __restrict__ order,
+                                               const scalar_t* __restrict__ loc,
+                                               const scalar_t* __restrict__ attn,
+                                               const scalar_t* __restrict__ grad_out_nm,
+                                               const Dims& dm, int64_t H, int64_t W, int64_t h,
+                                               int64_t w, int64_t d) {
+  const int64_t MLP = dm.M * dm.L * dm.P;
+  const int64_t MD = dm.M * dm.D;
+  for (int64_t e = lo; e < hi; ++e) {
+    const int64_t i = order[e];
+    // Fractional offsets from the sample's top-left corner (h - DH, w - DW).
+    const acc_t fh =
+        msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), H) - static_cast<acc_t>(h - DH);
+    const acc_t fw =
+        msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), W) - static_cast<acc_t>(w - DW);
+    const acc_t wt = (DH ? fh : acc_t(1) - fh) * (DW ? fw : acc_t(1) - fw);
+    const int64_t q = (i / MLP) % dm.Lq;
+    acc += static_cast<acc_t>(attn[i]) * wt * static_cast<acc_t>(grad_out_nm[q * MD + d]);
+  }
+  return acc;
+}
+
 // Deterministic grad_value, step 2: one group per value cell (n, s, m). The samples covering the
 // cell (h, w) have their top-left corner at (h - dh, w - dw), dh, dw in {0, 1}; cell_start[key]
 // is the first position of `key` in the sorted keys, order[] the sample behind each position.
@@ -229,7 +257,6 @@ __global__ void __launch_bounds__(kThreads)
                                   const LevelTable lt, const int64_t SP, const int G) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_cells = dm.N * dm.S * dm.M;
-  const int64_t MLP = dm.M * dm.L * dm.P;
   const int lane = static_cast<int>(threadIdx.x) & (G - 1);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
   for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
@@ -243,33 +270,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int64_t H = lt.H[l], W = lt.W[l];
     const int64_t h = (s - lt.start[l]) / W, w = (s - lt.start[l]) % W;
-    const int64_t key_base = (n * dm.M + m) * SP + lt.pad_start[l];
-    int64_t lo[4], hi[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int64_t dh = k >> 1, dw = k & 1;
-      const int64_t key = key_base + (h - dh + 1) * (W + 1) + (w - dw + 1);
-      lo[k] = cell_start[key];
-      hi[k] = cell_start[key + 1];
-    }
+    // Key of top-left corner (h - dh, w - dw) = key00 - dh * (W + 1) - dw.
+    const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start[l] + (h + 1) * (W + 1) + (w + 1);
+    const int64_t key10 = key00 - (W + 1);
+    const int64_t lo00 = cell_start[key00], hi00 = cell_start[key00 + 1];
+    const int64_t lo01 = cell_start[key00 - 1], hi01 = lo00;  // keys key00 - 1 and key00 adjoin
+    const int64_t lo10 = cell_start[key10], hi10 = cell_start[key10 + 1];
+    const int64_t lo11 = cell_start[key10 - 1], hi11 = lo10;
+    // grad_out rows of this (n, m): row q at grad_out_nm + q * M * D.
+    const scalar_t* grad_out_nm = grad_out + (n * dm.Lq * dm.M + m) * dm.D;
     for (int64_t d = lane; d < dm.D; d += G) {
       acc_t acc = acc_t(0);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int64_t dh = k >> 1, dw = k & 1;
-        for (int64_t e = lo[k]; e < hi[k]; ++e) {
-          const int64_t i = order[e];
-          // Fractional offsets from the sample's top-left corner (h - dh, w - dw).
-          const acc_t fh = msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), H) -
-                           static_cast<acc_t>(h - dh);
-          const acc_t fw = msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), W) -
-                           static_cast<acc_t>(w - dw);
-          const acc_t wt = (dh ? fh : acc_t(1) - fh) * (dw ? fw : acc_t(1) - fw);
-          const int64_t q = (i / MLP) % dm.Lq;
-          acc += static_cast<acc_t>(attn[i]) * wt *
-                 static_cast<acc_t>(grad_out[((n * dm.Lq + q) * dm.M + m) * dm.D + d]);
-        }
-      }
+      acc = gather_corner<0, 0>(acc, lo00, hi00, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
+      acc = gather_corner<0, 1>(acc, lo01, hi01, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
+      acc = gather_corner<1, 0>(acc, lo10, hi10, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
+      acc = gather_corner<1, 1>(acc, lo11, hi11, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
       grad_value[cell * dm.D + d] = static_cast<scalar_t>(acc);
     }
   }

@@ -10,8 +10,15 @@ Shapes (``S = sum_l H_l * W_l``)::
     output              (N, Lq, M * D)
 
 Each sample is bilinear with ``align_corners=False`` and zero padding, i.e. exactly
-``grid_sample(v, 2 * loc - 1, align_corners=False, padding_mode="zeros")``; locations may lie
-anywhere (far outside the map, or NaN, they contribute zero and get a zero gradient).
+``grid_sample(v, 2 * loc - 1, align_corners=False, padding_mode="zeros")``. Locations may lie
+anywhere: in the kernels a sample that touches no pixel of its map (far outside, inf or NaN)
+contributes zero and gets a zero gradient. All index arithmetic is 64-bit; any batch size and
+any number of channels per head work.
+
+``spatial_shapes`` / ``level_start_index`` may be on the CPU or on value's device. Both the
+wrapper and the C++ op check them against ``S`` (``S == sum H*W``, consistent starts); on a
+CUDA device that check reads them back (one small synchronizing copy per call), so pass them on
+the CPU to avoid the sync (the CUDA kernels take the level table as kernel arguments).
 
 Kernel or reference (never a silent fallback after an error):
 
@@ -25,15 +32,22 @@ Autocast: under ``torch.autocast`` the op is an fp32 island: its float inputs ar
 least) float32 inside :func:`ms_deform_attn` and it returns float32, like ``softmax``; the caller
 stays in autocast. Outside autocast the op runs in the inputs' dtype.
 
-Deterministic backward: the CPU backward is always deterministic. The CUDA backward accumulates
-``grad_value`` with float atomics by default (fast, not bitwise reproducible); the deterministic
-variant (sort the samples by the cell they land in, then gather per cell in a fixed order) is used
-when :func:`set_deterministic_backward` is on, when ``torch.use_deterministic_algorithms(True)``,
-or when ``deterministic=True`` is passed to :func:`ms_deform_attn`.
+Deterministic backward: the CPU backward is always deterministic (no atomics; bitwise
+reproducible for a given number of threads). The CUDA backward accumulates ``grad_value`` with
+float atomics into a float32 buffer by default (fast, not bitwise reproducible). Its
+deterministic variant uses no float atomics: the samples are keyed by the value cell of their
+top-left corner, stably sorted, and one thread group per value cell sums the contributions in
+that fixed order (bitwise reproducible run to run; extra memory ~4 int64 per sampling point plus
+the sort, and slower). It is used when ``deterministic=True`` is passed to
+:func:`ms_deform_attn`, or, when ``deterministic`` is left ``None``, if
+:func:`set_deterministic_backward` is on or ``torch.use_deterministic_algorithms(True)`` is in
+effect. The choice is made at the forward call and is an argument of the op, so
+``torch.compile`` guards on it.
 
-torch.compile / export: the C++ ops ``glid::ms_deform_attn_forward`` / ``..._backward`` have fake
-impls and an autograd formula registered here through ``torch.library``, so
-``torch.compile(fullgraph=True)`` traces through the op.
+torch.compile / torch.export: the C++ ops ``glid::ms_deform_attn_forward`` / ``..._backward``
+have fake impls and an autograd formula registered here through ``torch.library`` (when
+``glid._C`` loads), so ``torch.compile(fullgraph=True)`` traces through the op and
+``torch.export`` keeps it as one node.
 
 FLOPs: :func:`ms_deform_attn_flop_jit` is an fvcore handle; register it for the name the op has in
 a ``torch.jit.trace`` graph, :data:`TRACED_OP_NAME` (``"glid::ms_deform_attn_forward"``)::
