@@ -41,7 +41,7 @@ def main() -> None:
     start = time.perf_counter()
     from glid.data import generate_synthetic_dataset
 
-    data_dir = generate_synthetic_dataset()
+    data_dir = os.path.abspath(generate_synthetic_dataset())
     timings["data"] = time.perf_counter() - start
 
     opts = ["OUTPUT_DIR", out]
