@@ -3,6 +3,9 @@
 #pragma once
 #include <torch/types.h>
 
+#include <cstddef>
+#include <type_traits>
+
 namespace glid {
 namespace bifpn {
 
@@ -59,6 +62,19 @@ inline void check_grad_out(const char* fn, const at::Tensor& grad_out, const at:
   TORCH_CHECK(grad_out.device() == x0.device(), fn, ": grad_out is on ", grad_out.device(),
               " but the inputs are on ", x0.device());
   TORCH_CHECK(grad_out.is_contiguous(), fn, ": grad_out must be contiguous");
+}
+
+template <int K>
+using KConst = std::integral_constant<int, K>;
+
+// Calls f(KConst<K>, std::bool_constant<SILU>) for the runtime (k, silu).
+template <typename F>
+void dispatch_k_silu(size_t k, bool silu, const F& f) {
+  if (k == 2) {
+    silu ? f(KConst<2>{}, std::true_type{}) : f(KConst<2>{}, std::false_type{});
+  } else {
+    silu ? f(KConst<3>{}, std::true_type{}) : f(KConst<3>{}, std::false_type{});
+  }
 }
 
 }  // namespace bifpn

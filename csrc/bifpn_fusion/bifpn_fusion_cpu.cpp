@@ -389,18 +389,7 @@ struct Kernel {
   }
 };
 
-template <int K>
-using KConst = std::integral_constant<int, K>;
-
-// Calls f(KConst<K>, std::bool_constant<SILU>) for the runtime (k, silu).
-template <typename F>
-void dispatch_k_silu(size_t k, bool silu, const F& f) {
-  if (k == 2) {
-    silu ? f(KConst<2>{}, std::true_type{}) : f(KConst<2>{}, std::false_type{});
-  } else {
-    silu ? f(KConst<3>{}, std::true_type{}) : f(KConst<3>{}, std::false_type{});
-  }
-}
+using bifpn::dispatch_k_silu;
 
 }  // namespace
 

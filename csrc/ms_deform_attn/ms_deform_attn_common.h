@@ -202,5 +202,20 @@ C10_HOST_DEVICE inline bool make_corners(acc_t x, acc_t y, int64_t H, int64_t W,
   return true;
 }
 
+// Sizes of one call: value (N, S, M, D), sampling locations (N, Lq, M, L, P, 2).
+struct Dims {
+  int64_t N, S, M, D, Lq, L, P;
+};
+
+inline Dims dims_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
+  return {value.size(0),
+          value.size(1),
+          value.size(2),
+          value.size(3),
+          sampling_locations.size(1),
+          sampling_locations.size(3),
+          sampling_locations.size(4)};
+}
+
 }  // namespace msda
 }  // namespace glid

@@ -29,19 +29,8 @@ namespace {
 using msda::Corners;
 using msda::Levels;
 
-struct Dims {
-  int64_t N, S, M, D, Lq, L, P;
-};
-
-Dims dims_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
-  return {value.size(0),
-          value.size(1),
-          value.size(2),
-          value.size(3),
-          sampling_locations.size(1),
-          sampling_locations.size(3),
-          sampling_locations.size(4)};
-}
+using msda::Dims;
+using msda::dims_of;
 
 #if defined(__GNUC__) || defined(__clang__)
 #define MSDA_INLINE inline __attribute__((always_inline))

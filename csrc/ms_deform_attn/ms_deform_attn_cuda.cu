@@ -49,9 +49,7 @@ struct LevelTable {
   int64_t pad_start[kMaxLevels];  // level start in the (H+1) x (W+1) padded cell grid
 };
 
-struct Dims {
-  int64_t N, S, M, D, Lq, L, P;
-};
+using msda::Dims;
 
 // Lanes of this thread's group (G a power of two <= 32, groups aligned in the warp).
 __device__ __forceinline__ unsigned group_mask(int G) {
@@ -308,15 +306,7 @@ LevelTable make_level_table(const char* fn, const msda::Levels& lv, int64_t* pad
   return t;
 }
 
-Dims dims_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
-  return {value.size(0),
-          value.size(1),
-          value.size(2),
-          value.size(3),
-          sampling_locations.size(1),
-          sampling_locations.size(3),
-          sampling_locations.size(4)};
-}
+using msda::dims_of;
 
 int group_size(int64_t D) {
   int G = 1;
