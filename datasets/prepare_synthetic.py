@@ -19,7 +19,8 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glid.data.datasets import synthetic_dataset_names  # noqa: E402
-from glid.data.synthetic import default_root, generate_synthetic_dataset  # noqa: E402
+from glid.data.datasets.synthetic_meta import default_root  # noqa: E402
+from glid.data.synthetic import generate_synthetic_dataset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,22 +17,18 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from glid.data import (
+    COCO_PERSON_KEYPOINT_NAMES,
     SYNTH_SEM_SEG_CLASSES,
     SYNTH_STUFF_CLASSES,
+    SYNTH_STUFF_DATASET_IDS,
     SYNTH_THING_CLASSES,
-    generate_synthetic_dataset,
+    SYNTH_THING_DATASET_IDS,
     load_depth_pairs,
     load_image_folder,
     register_all_synthetic,
 )
-from glid.data.synthetic import (
-    COCO_PERSON_KEYPOINT_NAMES,
-    SYNTH_STUFF_DATASET_IDS,
-    SYNTH_THING_DATASET_IDS,
-    mask_to_polygons,
-    sample_shape,
-    shape_mask,
-)
+from glid.data.synthetic import generate_synthetic_dataset
+from glid.data.synthetic.shapes import mask_to_polygons, sample_shape, shape_mask
 
 NUM_TRAIN, NUM_VAL = 6, 4
 HW = (96, 128)  # non-square on purpose

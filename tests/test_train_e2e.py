@@ -11,7 +11,8 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
-from glid.data import generate_synthetic_dataset, register_all_synthetic
+from glid.data import register_all_synthetic
+from glid.data.synthetic import generate_synthetic_dataset
 from tests.utils import REPO_ROOT, TINY_CONFIG
 
 sys.path.insert(0, REPO_ROOT)

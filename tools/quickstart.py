@@ -39,7 +39,7 @@ def main() -> None:
     timings = {}
 
     start = time.perf_counter()
-    from glid.data import generate_synthetic_dataset
+    from glid.data.synthetic import generate_synthetic_dataset
 
     data_dir = os.path.abspath(generate_synthetic_dataset())
     timings["data"] = time.perf_counter() - start

@@ -1,7 +1,9 @@
-"""GLID data: dataset mappers, the built-in generated dataset and dataset registration.
+"""GLID data: dataset mappers, the built-in generated dataset's metadata and registration.
 
 Importing ``glid.data`` registers the ``glid_synth_*`` datasets (lazily; see
-:mod:`glid.data.datasets.register_synthetic`).
+:mod:`glid.data.datasets.register_synthetic`). The generator that writes them,
+:mod:`glid.data.synthetic` (OpenCV, panopticapi), is not imported here: use
+``from glid.data.synthetic import generate_synthetic_dataset``.
 """
 
 from glid.data import dataset_mappers
@@ -11,21 +13,35 @@ from glid.data.datasets import (
     register_all_synthetic,
     synthetic_dataset_names,
 )
-from glid.data.synthetic import (
+from glid.data.datasets.synthetic_meta import (
+    COCO_PERSON_KEYPOINT_NAMES,
+    COCO_PERSON_SKELETON,
     SYNTH_SEM_SEG_CLASSES,
     SYNTH_STUFF_CLASSES,
+    SYNTH_STUFF_COLORS,
+    SYNTH_STUFF_DATASET_IDS,
     SYNTH_THING_CLASSES,
-    generate_synthetic_dataset,
+    SYNTH_THING_COLORS,
+    SYNTH_THING_DATASET_IDS,
+    default_root,
+    synthetic_dir,
 )
 
 __all__ = [
+    "COCO_PERSON_KEYPOINT_NAMES",
+    "COCO_PERSON_SKELETON",
     "SYNTH_SEM_SEG_CLASSES",
     "SYNTH_STUFF_CLASSES",
+    "SYNTH_STUFF_COLORS",
+    "SYNTH_STUFF_DATASET_IDS",
     "SYNTH_THING_CLASSES",
+    "SYNTH_THING_COLORS",
+    "SYNTH_THING_DATASET_IDS",
     "dataset_mappers",
-    "generate_synthetic_dataset",
+    "default_root",
     "load_depth_pairs",
     "load_image_folder",
     "register_all_synthetic",
     "synthetic_dataset_names",
+    "synthetic_dir",
 ]

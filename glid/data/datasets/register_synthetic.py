@@ -24,7 +24,7 @@ from detectron2.data.datasets import load_sem_seg, register_coco_instances
 from detectron2.data.datasets.coco_panoptic import register_coco_panoptic
 from PIL import Image
 
-from glid.data.synthetic import (
+from glid.data.datasets.synthetic_meta import (
     COCO_PERSON_KEYPOINT_NAMES,
     COCO_PERSON_SKELETON,
     SPLITS,
