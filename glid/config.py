@@ -14,10 +14,13 @@ def add_glid_config(cfg: CN) -> None:
     cfg.INPUT.COLOR_AUG_SSD = False
     # Crop that keeps any single category below this fraction of the crop (1.0 = no limit).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # Pad images to a multiple of this; Swin + 3 down-samplings need 32.
+    # The model pads every batch (after normalization, train and test alike) to a multiple of
+    # this; Swin + 3 down-samplings need 32. The mappers do not pad.
     cfg.INPUT.SIZE_DIVISIBILITY = 32
-    # Label value ignored by losses and evaluation.
-    cfg.INPUT.IGNORE_LABEL = 255
+    # Dataset mapper (glid.data.DATASET_MAPPER_REGISTRY) for training and testing; "" = the
+    # task's default (GLIDTask.dataset_mapper). The ignore label of label maps is the dataset's
+    # metadata `ignore_label` (detectron2's convention), not a config key.
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
 
     # ---- solver ----
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -52,8 +55,10 @@ def add_glid_config(cfg: CN) -> None:
 
     # ---- GLID ----
     cfg.MODEL.GLID = CN()
-    # One of: mim, det, ins, sem, pan, pose, depth, cls (only "sem" is implemented so far).
+    # The task (glid.modeling.TASK_REGISTRY): one of mim, det, ins, sem, pan, pose, depth, cls.
     cfg.MODEL.GLID.TASK = "sem"
+    # Number of classes C of the task's dataset (the one place the class count is set).
+    cfg.MODEL.GLID.NUM_CLASSES = 150
     # Pixel decoder: "BiFPN" (default) or "MSDeformAttn".
     cfg.MODEL.GLID.PIXEL_DECODER = "BiFPN"
     # Width of the pixel decoder, queries and transformer decoder.
@@ -64,8 +69,6 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.NUM_QUERIES = 100
     # Query positions on a fixed grid (buffer) or learnable (new parameters).
     cfg.MODEL.GLID.LEARNABLE_QUERY_POSITIONS = False
-    # Pixel size of a MIM / query unit on the image (32x32 -> 3072 pixel values).
-    cfg.MODEL.GLID.UNIT_SIZE = 32
 
     cfg.MODEL.GLID.BIFPN = CN()
     # One entry per BiFPN repeat: "conv" (full 3x3) or "sep" (depthwise-separable 3x3).
@@ -89,20 +92,23 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.DECODER.DROPOUT = 0.0
     # Stochastic depth in the decoder (Tab. 7: 0.2).
     cfg.MODEL.GLID.DECODER.DROP_PATH = 0.0
-    # Mask2Former masked cross-attention (segmentation tasks).
+    # Mask2Former masked cross-attention, for the tasks that predict masks (mask
+    # classification); other tasks ignore it.
     cfg.MODEL.GLID.DECODER.MASK_ATTENTION = True
 
-    # Loss weights and point sampling (Mask2Former criterion).
-    cfg.MODEL.GLID.LOSS = CN()
-    cfg.MODEL.GLID.LOSS.DEEP_SUPERVISION = True
-    cfg.MODEL.GLID.LOSS.NO_OBJECT_WEIGHT = 0.1
-    cfg.MODEL.GLID.LOSS.CLASS_WEIGHT = 2.0
-    cfg.MODEL.GLID.LOSS.MASK_WEIGHT = 5.0
-    cfg.MODEL.GLID.LOSS.DICE_WEIGHT = 5.0
-    cfg.MODEL.GLID.LOSS.TRAIN_NUM_POINTS = 112 * 112
-    cfg.MODEL.GLID.LOSS.OVERSAMPLE_RATIO = 3.0
-    cfg.MODEL.GLID.LOSS.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Losses on every decoder layer's predictions (auxiliary losses), for every task.
+    cfg.MODEL.GLID.DEEP_SUPERVISION = True
 
-    cfg.MODEL.GLID.TEST = CN()
-    cfg.MODEL.GLID.TEST.OBJECT_MASK_THRESHOLD = 0.8
-    cfg.MODEL.GLID.TEST.OVERLAP_THRESHOLD = 0.8
+    # ---- mask-classification family (sem / ins / pan): Mask2Former's matcher and criterion ----
+    cfg.MODEL.GLID.MASK_LOSS = CN()
+    # Loss weights, also the matching-cost weights (class, sigmoid CE, dice).
+    cfg.MODEL.GLID.MASK_LOSS.CLASS_WEIGHT = 2.0
+    cfg.MODEL.GLID.MASK_LOSS.MASK_WEIGHT = 5.0
+    cfg.MODEL.GLID.MASK_LOSS.DICE_WEIGHT = 5.0
+    # Cross-entropy weight of the no-object class.
+    cfg.MODEL.GLID.MASK_LOSS.NO_OBJECT_WEIGHT = 0.1
+    # Points per mask: random points for matching, importance-sampled points for the losses.
+    cfg.MODEL.GLID.MASK_LOSS.TRAIN_NUM_POINTS = 112 * 112
+    # PointRend importance sampling: candidates per point, share taken by uncertainty.
+    cfg.MODEL.GLID.MASK_LOSS.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.GLID.MASK_LOSS.IMPORTANCE_SAMPLE_RATIO = 0.75

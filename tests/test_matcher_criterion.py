@@ -7,8 +7,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glid.modeling.criterion import MaskSetCriterion, dice_loss, sigmoid_ce_loss
-from glid.modeling.matcher import HungarianMaskMatcher, pairwise_dice, pairwise_sigmoid_ce
+from glid.modeling.criterion import SetCriterion, deep_supervision
+from glid.modeling.losses import PointMaskLoss, SoftmaxClassLoss, dice_loss, sigmoid_ce_loss
+from glid.modeling.matcher import (
+    HungarianMatcher,
+    PointMaskCost,
+    SoftmaxClassCost,
+    pairwise_dice,
+    pairwise_sigmoid_ce,
+)
+
+
+def mask_matcher(cost_class=1.0, cost_mask=1.0, cost_dice=1.0, num_points=16):
+    return HungarianMatcher(
+        [SoftmaxClassCost(cost_class), PointMaskCost(cost_mask, cost_dice, num_points)]
+    )
+
+
+def mask_criterion(num_classes, matcher, num_points, deep_supervision=True):
+    terms = [SoftmaxClassLoss(num_classes, 0.1), PointMaskLoss(num_points, 3.0, 0.75)]
+    weights = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    return SetCriterion(matcher, terms, weights, deep_supervision)
 
 
 def test_pairwise_costs_match_per_pair_losses():
@@ -54,7 +73,7 @@ def brute_force_min_cost(cost: torch.Tensor) -> float:
 )
 def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
     g = torch.Generator().manual_seed(seed)
-    matcher = HungarianMaskMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
+    matcher = mask_matcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
     outputs = {
         "pred_logits": torch.randn(1, num_queries, 4, generator=g),
         "pred_masks": torch.randn(1, num_queries, 8, 8, generator=g),
@@ -64,9 +83,7 @@ def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
         "masks": (torch.rand(num_targets, 16, 16, generator=g) > 0.5).float(),
     }
     torch.manual_seed(seed)  # the matcher samples its points from the global generator
-    cost = matcher.cost_matrix(
-        outputs["pred_logits"][0], outputs["pred_masks"][0], target["labels"], target["masks"]
-    )
+    cost = matcher.cost_matrix(outputs, target, 0)
     torch.manual_seed(seed)
     ((rows, cols),) = matcher(outputs, [target])
     assert len(rows) == len(set(rows.tolist())) == min(num_queries, num_targets)
@@ -75,7 +92,7 @@ def test_hungarian_matches_brute_force(num_queries, num_targets, seed):
 
 
 def test_matcher_handles_image_without_targets():
-    matcher = HungarianMaskMatcher(num_points=16)
+    matcher = mask_matcher(num_points=16)
     outputs = {"pred_logits": torch.randn(1, 3, 4), "pred_masks": torch.randn(1, 3, 8, 8)}
     ((rows, cols),) = matcher(
         outputs, [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8)}]
@@ -100,10 +117,8 @@ def test_point_losses_hand_values():
 def test_criterion_hand_computed():
     """Two queries, one target (class 1, empty mask): query 0 wins the match on class cost."""
     num_points = 100
-    matcher = HungarianMaskMatcher(
-        cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points
-    )
-    criterion = MaskSetCriterion(2, matcher, num_points=num_points, deep_supervision=True)
+    matcher = mask_matcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points)
+    criterion = mask_criterion(2, matcher, num_points, deep_supervision=True)
     logits = torch.tensor([[[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]]])  # q0 favours class 1
     # Zero mask logits: BCE = ln2 at every point whatever the target; with an empty target the
     # dice is exactly 1 - 1 / (0.5 P + 1), wherever the points fall.
@@ -130,9 +145,7 @@ def test_criterion_hand_computed():
 
 
 def test_criterion_without_targets_trains_no_object():
-    criterion = MaskSetCriterion(
-        2, HungarianMaskMatcher(num_points=16), num_points=16, deep_supervision=False
-    )
+    criterion = mask_criterion(2, mask_matcher(num_points=16), 16, deep_supervision=False)
     logits = torch.zeros(1, 3, 3, requires_grad=True)
     outputs = {"pred_logits": logits, "pred_masks": torch.zeros(1, 3, 8, 8, requires_grad=True)}
     losses = criterion(
@@ -142,3 +155,61 @@ def test_criterion_without_targets_trains_no_object():
     assert losses["loss_mask"].item() == 0.0 and losses["loss_dice"].item() == 0.0
     sum(losses.values()).backward()
     assert logits.grad[0, :, 2].lt(0).all()  # pushes towards no-object
+
+
+def test_cost_matrix_hand_formula_with_fixed_points():
+    """Total cost = w_class * -p(label) + w_mask * mean BCE + w_dice * dice, at given points."""
+    cost = PointMaskCost(ce_weight=5.0, dice_weight=3.0, num_points=2)
+    # 2x2 prediction logits per query; the points sit on pixel centres, so sampling is exact.
+    pred = torch.tensor([[[2.0, -1.0], [0.5, 3.0]], [[-2.0, 1.0], [0.0, -3.0]]])
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # one target
+    coords = torch.tensor([[[0.25, 0.25], [0.75, 0.75]]])  # (x, y): pixels (0, 0) and (1, 1)
+    got = cost.cost(pred, target, coords)
+    for q in range(2):
+        x = torch.stack([pred[q, 0, 0], pred[q, 1, 1]])
+        t = torch.tensor([1.0, 1.0])
+        bce = F.binary_cross_entropy_with_logits(x, t).item()
+        p = x.sigmoid()
+        dice = 1 - (2 * (p * t).sum().item() + 1) / (p.sum().item() + 2 + 1)
+        assert got[q, 0].item() == pytest.approx(5.0 * bce + 3.0 * dice, rel=1e-6)
+    logits = torch.tensor([[[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]])
+    class_cost = SoftmaxClassCost(2.0)({"pred_logits": logits}, {"labels": torch.tensor([1])}, 0)
+    expected = -2.0 * logits[0].softmax(-1)[:, 1]
+    assert torch.allclose(class_cost[:, 0], expected)
+
+
+def test_matcher_decided_by_mask_costs_alone():
+    """Equal class scores: only the mask (CE) and dice costs can pick the right query."""
+    masks = torch.zeros(2, 16, 16)
+    masks[0, :, :8] = 1  # target 0: left half
+    masks[1, :, 8:] = 1  # target 1: right half
+    pred_masks = torch.stack([(2 * masks[1] - 1) * 8, (2 * masks[0] - 1) * 8])  # q0 right, q1 left
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": pred_masks[None]}
+    target = {"labels": torch.tensor([0, 1]), "masks": masks}
+    for weights in ((1.0, 0.0), (0.0, 1.0)):  # CE alone, then dice alone
+        torch.manual_seed(0)
+        matcher = mask_matcher(cost_class=1.0, cost_mask=weights[0], cost_dice=weights[1])
+        ((rows, cols),) = matcher(outputs, [target])
+        assigned = dict(zip(rows.tolist(), cols.tolist()))
+        assert assigned == {0: 1, 1: 0}, weights
+
+
+def test_deep_supervision_suffixes_and_order():
+    calls = []
+
+    def layer_losses(predictions):
+        calls.append(predictions["id"])
+        return {"loss_x": torch.tensor(float(predictions["id"]))}
+
+    losses = deep_supervision([{"id": 0}, {"id": 1}, {"id": 2}], layer_losses)
+    assert calls == [2, 0, 1]  # the last layer first, then the auxiliary ones in order
+    assert {k: v.item() for k, v in losses.items()} == {"loss_x": 2, "loss_x_0": 0, "loss_x_1": 1}
+    assert set(deep_supervision([{"id": 0}, {"id": 1}], layer_losses, enabled=False)) == {"loss_x"}
+
+
+def test_set_criterion_rejects_a_loss_without_weight():
+    criterion = SetCriterion(mask_matcher(), [SoftmaxClassLoss(2, 0.1)], {"loss_mask": 1.0})
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": torch.zeros(1, 2, 4, 4)}
+    target = {"labels": torch.tensor([1]), "masks": torch.ones(1, 4, 4)}
+    with pytest.raises(KeyError, match="loss_ce"):
+        criterion([outputs], [target])

@@ -101,23 +101,71 @@ def test_queries_share_content_and_differ_in_position():
     assert "grid_points" in dict(GLIDQueries(32, 9, learnable_positions=True).named_parameters())
 
 
-def test_decoder_returns_every_layer_and_masks_attention():
-    dec = GLIDTransformerDecoder(
-        hidden_dim=32, num_layers=4, num_heads=4, dim_feedforward=64, mask_attention=True
+def _decoder(num_layers=4):
+    return GLIDTransformerDecoder(
+        hidden_dim=32, num_layers=num_layers, num_heads=4, dim_feedforward=64
     )
+
+
+def test_decoder_predicts_each_layer_once():
+    dec = _decoder(4)
     feats = [torch.randn(2, 32, s, s) for s in (2, 4, 8)]
     q, pos = torch.zeros(2, 5, 32), torch.randn(2, 5, 32)
-    mask_features = torch.randn(2, 32, 16, 16)
-    outs = dec(q, pos, feats, mask_features, lambda h: h)
-    assert len(outs) == 4 and all(o.shape == (2, 5, 32) for o in outs)
-    blocked = dec._attention_mask(torch.randn(2, 5, 32), mask_features, (4, 4))
-    assert blocked.shape == (2 * 4, 5, 16) and blocked.dtype == torch.bool
-    assert not blocked.all(dim=-1).any()  # no query is blocked everywhere
-    # A query whose mask covers everything attends everywhere; an empty mask too.
-    ones = torch.ones(1, 1, 16, 16)
-    embed = torch.tensor([[[10.0], [-10.0]]])
-    blocked = dec._attention_mask(embed, ones, (4, 4))
-    assert not blocked.any()
+    calls = []
+
+    def predict(hidden, mask_size):
+        calls.append(mask_size)
+        return {"h": hidden}, None
+
+    outs = dec(q, pos, feats, predict)
+    assert len(outs) == 4 and all(o["h"].shape == (2, 5, 32) for o in outs)
+    assert calls == [None] * 4  # one prediction per layer, no attention mask asked for
+    calls.clear()
+    dec.eval()
+
+    def predict_with_mask(hidden, size):
+        calls.append(size)
+        return {"h": hidden}, torch.zeros(
+            2, 5, size[0] * size[1], dtype=torch.bool
+        ) if size else None
+
+    outs = dec(q, pos, feats, predict_with_mask, True, False)
+    assert len(outs) == 1  # inference keeps the last layer only...
+    assert calls == [(4, 4), (8, 8), (2, 2), None]  # ...but masks need every earlier layer
+    calls.clear()
+    dec(q, pos, feats, lambda h, s: (calls.append(s) or {"h": h}, None), False, False)
+    assert calls == [None]  # no masked attention: only the last layer is predicted
+
+
+def test_decoder_attention_mask_position_by_position_and_head_by_head(monkeypatch):
+    """The mask a layer gets is the previous layer's prediction, per image, repeated for each
+    head (batch-major: image b's heads at rows b*heads .. b*heads+heads-1); a fully blocked query
+    attends everywhere."""
+    dec = _decoder(2)
+    feats = [torch.randn(2, 32, s, s) for s in (2, 3, 4)]
+    q, pos = torch.zeros(2, 5, 32), torch.randn(2, 5, 32)
+    g = torch.Generator().manual_seed(0)
+    blocked = torch.rand(2, 5, 9, generator=g) > 0.5  # next level is 3x3
+    blocked[1, 2] = True  # image 1, query 2: blocked everywhere
+    seen = []
+    layer_forward = type(dec.layers[1]).forward
+
+    def spy(self, query, query_pos, memory, memory_pos, attn_mask=None):
+        seen.append(attn_mask)
+        return layer_forward(self, query, query_pos, memory, memory_pos, attn_mask)
+
+    monkeypatch.setattr(type(dec.layers[1]), "forward", spy)
+    dec(q, pos, feats, lambda h, size: ({"h": h}, blocked if size else None), True)
+    assert seen[0] is None  # the first layer sees everything
+    mask = seen[1]
+    assert mask.shape == (2 * 4, 5, 9) and mask.dtype == torch.bool
+    for b in range(2):
+        for head in range(4):
+            for n in range(5):
+                for p in range(9):
+                    want = bool(blocked[b, n, p]) and not (b == 1 and n == 2)
+                    assert bool(mask[b * 4 + head, n, p]) == want, (b, head, n, p)
+    assert blocked[1, 2].all()  # the caller's tensor is not modified
 
 
 def test_linear_task_head_splits():

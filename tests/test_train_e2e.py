@@ -38,7 +38,7 @@ def _opts(output_dir, max_iter, *extra):
         "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.CHECKPOINT_PERIOD", "2",
-        "MODEL.GLID.LOSS.TRAIN_NUM_POINTS", "256",
+        "MODEL.GLID.MASK_LOSS.TRAIN_NUM_POINTS", "256",
         "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(output_dir),
         *extra,

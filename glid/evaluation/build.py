@@ -1,4 +1,8 @@
-"""Pick detectron2's evaluator for a dataset from its ``evaluator_type``."""
+"""Registry of evaluators, chosen by the dataset's ``evaluator_type`` metadata.
+
+An entry is a function ``(cfg, dataset_name, output_folder) -> DatasetEvaluator`` registered
+under the ``evaluator_type`` it serves (its function name).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,44 @@ from detectron2.evaluation import (
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluator,
-    DatasetEvaluators,
     SemSegEvaluator,
 )
+from detectron2.utils.registry import Registry
 
-__all__ = ["build_evaluator"]
+__all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
+
+EVALUATOR_REGISTRY = Registry("GLID_EVALUATOR")
+EVALUATOR_REGISTRY.__doc__ = """
+Evaluator builders ``(cfg, dataset_name, output_folder) -> DatasetEvaluator``, registered under
+the ``evaluator_type`` (dataset metadata) they serve.
+"""
+
+
+@EVALUATOR_REGISTRY.register()
+def sem_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """mIoU, fwIoU, mACC, pACC (detectron2's ``SemSegEvaluator``, distributed)."""
+    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """Box / mask / keypoint AP through pycocotools (``COCOEvaluator``)."""
+    return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco_panoptic_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """PQ / SQ / RQ through panopticapi (``COCOPanopticEvaluator``)."""
+    return COCOPanopticEvaluator(dataset_name, output_folder)
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    """The evaluator of ``dataset_name``: ``sem_seg`` -> mIoU (SemSegEvaluator), ``coco`` -> box /
-    mask / keypoint AP (COCOEvaluator), ``coco_panoptic_seg`` -> PQ (COCOPanopticEvaluator)."""
+    """The evaluator registered for ``dataset_name``'s ``evaluator_type``."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type == "sem_seg":
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-    if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
-    if evaluator_type == "coco_panoptic_seg":
-        return DatasetEvaluators([COCOPanopticEvaluator(dataset_name, output_folder)])
-    raise NotImplementedError(
-        f"no evaluator for dataset {dataset_name!r} with evaluator_type={evaluator_type!r}"
-    )
+    if evaluator_type not in EVALUATOR_REGISTRY:
+        registered = sorted(name for name, _ in EVALUATOR_REGISTRY)
+        raise KeyError(
+            f"no evaluator for dataset {dataset_name!r} with evaluator_type={evaluator_type!r}; "
+            f"registered: {registered}"
+        )
+    return EVALUATOR_REGISTRY.get(evaluator_type)(cfg, dataset_name, output_folder)

@@ -2,28 +2,31 @@
 ``GLID`` meta-architecture with detectron2's registries."""
 
 from .backbone import D2SwinTransformer, build_glid_swin_backbone
-from .criterion import MaskSetCriterion, build_mask_criterion
+from .criterion import SetCriterion, average_num_targets, deep_supervision
 from .heads import LinearTaskHead
-from .matcher import HungarianMaskMatcher
+from .matcher import HungarianMatcher
 from .meta_arch import GLID
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, build_pixel_decoder
 from .queries import GLIDQueries, regular_grid_points
-from .tasks import TASK_REGISTRY, build_task, build_task_head
+from .tasks import TASK_REGISTRY, DecoderInputs, GLIDTask, build_task, build_task_head
 from .transformer_decoder import GLIDTransformerDecoder
 
 __all__ = [
     "D2SwinTransformer",
     "build_glid_swin_backbone",
-    "MaskSetCriterion",
-    "build_mask_criterion",
+    "SetCriterion",
+    "average_num_targets",
+    "deep_supervision",
     "LinearTaskHead",
-    "HungarianMaskMatcher",
+    "HungarianMatcher",
     "GLID",
     "PIXEL_DECODER_REGISTRY",
     "build_pixel_decoder",
     "GLIDQueries",
     "regular_grid_points",
     "TASK_REGISTRY",
+    "DecoderInputs",
+    "GLIDTask",
     "build_task",
     "build_task_head",
     "GLIDTransformerDecoder",

@@ -1,6 +1,15 @@
-"""Hungarian matching of mask predictions to ground-truth segments (Mask2Former's costs)."""
+"""Hungarian matching of per-query predictions to targets, with pluggable cost terms.
+
+A cost term maps one image's predictions and targets to an (N, T) cost matrix, already
+weighted; the matcher adds its terms and solves the assignment. Mask classification uses
+:class:`SoftmaxClassCost` + :class:`PointMaskCost` (Mask2Former's costs); detection and pose add
+their own terms with the same call signature.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +18,22 @@ from torch import nn
 
 from .point_sampling import sample_mask_points
 
-__all__ = ["HungarianMaskMatcher", "pairwise_sigmoid_ce", "pairwise_dice"]
+__all__ = [
+    "CostTerm",
+    "HungarianMatcher",
+    "PointMaskCost",
+    "SoftmaxClassCost",
+    "pairwise_dice",
+    "pairwise_sigmoid_ce",
+]
+
+
+class CostTerm(Protocol):
+    """One weighted matching cost."""
+
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        """(N, T) cost of image ``b``'s N predictions (``predictions[k][b]``) against its T
+        targets (``target``, one image's dict)."""
 
 
 def pairwise_sigmoid_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,71 +60,77 @@ def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-class HungarianMaskMatcher(nn.Module):
-    """One-to-one assignment minimizing ``w_class * cost_class + w_mask * CE + w_dice * dice``,
-    the mask costs computed on ``num_points`` uniformly random points shared by all pairs.
+class SoftmaxClassCost:
+    """``weight * -softmax(pred_logits)[target label]`` (C+1 logits with a no-object class)."""
 
-    Args:
-        cost_class: weight of ``-p(target class)``.
-        cost_mask: weight of the sigmoid cross-entropy.
-        cost_dice: weight of the dice cost.
-        num_points: sampled points per image.
-    """
+    def __init__(self, weight: float):
+        self.weight = weight
 
-    def __init__(
-        self,
-        cost_class: float = 1.0,
-        cost_mask: float = 1.0,
-        cost_dice: float = 1.0,
-        num_points: int = 0,
-    ):
-        super().__init__()
-        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
-            raise ValueError("all matching costs are 0")
-        self.cost_class = cost_class
-        self.cost_mask = cost_mask
-        self.cost_dice = cost_dice
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        prob = predictions["pred_logits"][b].float().softmax(-1)
+        return -self.weight * prob[:, target["labels"]]
+
+
+class PointMaskCost:
+    """``ce_weight * sigmoid CE + dice_weight * dice`` between predicted and target masks, on
+    ``num_points`` uniformly random points shared by all pairs of an image."""
+
+    def __init__(self, ce_weight: float, dice_weight: float, num_points: int):
+        if num_points < 1:
+            raise ValueError(f"PointMaskCost needs num_points >= 1, got {num_points}")
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
         self.num_points = num_points
 
-    def cost_matrix(
-        self,
-        pred_logits: torch.Tensor,
-        pred_masks: torch.Tensor,
-        labels: torch.Tensor,
-        masks: torch.Tensor,
+    def cost(
+        self, pred_masks: torch.Tensor, target_masks: torch.Tensor, coords: torch.Tensor
     ) -> torch.Tensor:
-        """(N, T) matching costs of one image.
-
-        Args:
-            pred_logits: (N, C+1) class logits.
-            pred_masks: (N, h, w) mask logits.
-            labels: (T,) target classes.
-            masks: (T, H, W) 0/1 target masks.
-        """
-        prob = pred_logits.softmax(-1)
-        cost_class = -prob[:, labels]
-        coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)
-        tgt = sample_mask_points(masks.to(pred_masks.dtype), coords.expand(masks.shape[0], -1, -1))
+        """(N, T) cost of (N, h, w) mask logits against (T, H, W) 0/1 masks at the (P, 2)
+        normalized (x, y) points ``coords``."""
+        tgt = sample_mask_points(
+            target_masks.to(pred_masks.dtype), coords.expand(target_masks.shape[0], -1, -1)
+        )
         out = sample_mask_points(pred_masks, coords.expand(pred_masks.shape[0], -1, -1))
         out, tgt = out.float(), tgt.float()
-        return (
-            self.cost_class * cost_class
-            + self.cost_mask * pairwise_sigmoid_ce(out, tgt)
-            + self.cost_dice * pairwise_dice(out, tgt)
+        return self.ce_weight * pairwise_sigmoid_ce(out, tgt) + self.dice_weight * pairwise_dice(
+            out, tgt
         )
+
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        pred_masks = predictions["pred_masks"][b]
+        coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)
+        return self.cost(pred_masks, target["masks"], coords)
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment minimizing the sum of the cost terms, per image.
+
+    Args:
+        costs: weighted cost terms (at least one).
+    """
+
+    def __init__(self, costs: Sequence[CostTerm]):
+        super().__init__()
+        if not costs:
+            raise ValueError("HungarianMatcher needs at least one cost term")
+        self.costs = list(costs)
+
+    def cost_matrix(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        """(N, T) total cost of image ``b``."""
+        return sum(term(predictions, target, b) for term in self.costs)
 
     @torch.no_grad()
     def forward(
-        self, outputs: dict, targets: list[dict]
+        self, predictions: dict, targets: list[dict]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Match every image.
 
         Args:
-            outputs: ``pred_logits`` (B, N, C+1), ``pred_masks`` (B, N, h, w).
-            targets: per image ``labels`` (T,) and ``masks`` (T, H, W).
+            predictions: batched predictions, each value (B, N, ...).
+            targets: per image a dict with at least ``labels`` (T,).
 
         Returns:
-            per image ``(query_indices, target_indices)``, int64, of length min(N, T).
+            per image ``(query_indices, target_indices)``, int64 on the CPU, of length min(N, T).
         """
         indices = []
         for b, target in enumerate(targets):
@@ -108,12 +138,12 @@ class HungarianMaskMatcher(nn.Module):
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty))
                 continue
-            cost = self.cost_matrix(
-                outputs["pred_logits"][b],
-                outputs["pred_masks"][b],
-                target["labels"],
-                target["masks"],
-            )
+            cost = self.cost_matrix(predictions, target, b)
+            if not torch.isfinite(cost).all():
+                raise FloatingPointError(
+                    f"non-finite matching cost for image {b} of the batch (the predictions "
+                    "diverged)"
+                )
             rows, cols = linear_sum_assignment(cost.cpu().float().numpy())
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))

@@ -1,5 +1,7 @@
 """The ``GLID`` meta-architecture: encoder -> pixel decoder -> queries -> transformer decoder ->
-one linear task head, dispatching loss and post-processing on ``MODEL.GLID.TASK``."""
+one linear task head. It knows no task: the task (``MODEL.GLID.TASK``, a
+:class:`~glid.modeling.tasks.GLIDTask`) says what the encoder and decoder get, turns each decoder
+layer's answers into predictions, and owns the losses and the inference."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 from .heads import LinearTaskHead
 from .pixel_decoder import build_pixel_decoder
 from .queries import GLIDQueries
-from .tasks import build_task, build_task_head
+from .tasks import GLIDTask, build_task, build_task_head
 from .transformer_decoder import GLIDTransformerDecoder
 
 __all__ = ["GLID"]
@@ -21,8 +23,8 @@ __all__ = ["GLID"]
 @META_ARCH_REGISTRY.register()
 class GLID(nn.Module):
     """Generalist encoder-decoder. Children: ``backbone``, ``pixel_decoder``, ``decoder``,
-    ``queries``, ``head`` (the task's ``nn.Linear``) and ``task`` (loss and post-processing; no
-    parameters).
+    ``queries``, ``head`` (the task's ``nn.Linear``) and ``task`` (a :class:`GLIDTask`: decoder
+    inputs, predictions, losses and inference; no parameters).
     """
 
     @configurable
@@ -34,7 +36,7 @@ class GLID(nn.Module):
         decoder: GLIDTransformerDecoder,
         queries: GLIDQueries,
         head: LinearTaskHead,
-        task: nn.Module,
+        task: GLIDTask,
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
         size_divisibility: int = 32,
@@ -49,8 +51,8 @@ class GLID(nn.Module):
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
         # Tokens a task does not use stay in the model (checkpoints keep them for other tasks)
         # but are frozen, so the optimizer and DDP see no unused trainable parameter.
-        self.backbone.mask_token.requires_grad_(getattr(task, "uses_mask_token", False))
-        self.queries.cls_query.requires_grad_(getattr(task, "uses_cls_query", False))
+        self.backbone.mask_token.requires_grad_(task.uses_mask_token)
+        self.queries.cls_query.requires_grad_(task.uses_cls_query)
         self.register_buffer(
             "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
         )
@@ -80,7 +82,12 @@ class GLID(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        """Normalize and pad the (C, H, W) ``image`` of every input into one batch."""
+        """Normalize and pad the (C, H, W) ``image`` of every input into one batch.
+
+        This is the only place images are padded, in training and inference alike: after
+        normalization, with 0 (the mean colour), to a multiple of ``size_divisibility``; the
+        mappers do not pad. Targets are padded to the same size by the task.
+        """
         images = []
         for x in batched_inputs:
             image = x["image"]
@@ -92,22 +99,40 @@ class GLID(nn.Module):
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def forward_outputs(self, images: ImageList) -> list[dict]:
-        """Per decoder layer, the task's predictions (dict of tensors), last layer last."""
-        features = self.backbone(images.tensor)
+    def forward_outputs(
+        self, batched_inputs: list[dict], images: ImageList, all_layers: bool = True
+    ) -> list[dict]:
+        """The task's predictions per decoder layer (last layer last), or only the last layer's
+        when ``all_layers`` is False; each layer's head output is computed once."""
+        inputs = self.task.decoder_inputs(batched_inputs, images)
+        features = self.backbone(images.tensor, mask=inputs.encoder_mask)
         mask_features, multi_scale = self.pixel_decoder(features)
-        content, position = self.queries(images.tensor.shape[0])
-        mask_embed_fn = None
-        if getattr(self.task, "uses_mask_attention", False):
-            mask_embed_fn = lambda h: self.head.split(h)["mask_embed"]  # noqa: E731
-        hidden = self.decoder(content, position, multi_scale, mask_features, mask_embed_fn)
-        return [self.task.predictions(self.head.split(h), mask_features) for h in hidden]
+        content, position = self.queries(
+            images.tensor.shape[0], points=inputs.query_points, with_cls=inputs.with_cls
+        )
+
+        def predict(hidden: torch.Tensor, mask_size: tuple[int, int] | None):
+            predictions = self.task.predictions(self.head.split(hidden), mask_features)
+            blocked = None
+            if mask_size is not None:
+                blocked = self.task.attention_mask(predictions, mask_size)
+            return predictions, blocked
+
+        return self.decoder(
+            content,
+            position,
+            multi_scale,
+            predict,
+            mask_attention=inputs.mask_attention,
+            all_layers=all_layers,
+        )
 
     def forward(self, batched_inputs: list[dict]):
         """detectron2 convention: a dict of losses in training, else a list of per-image
         results (``sem_seg``, ``instances``, ``panoptic_seg``, ``depth``, ``classification``)."""
         images = self.preprocess_image(batched_inputs)
-        layer_outputs = self.forward_outputs(images)
         if self.training:
-            return self.task.losses(layer_outputs, batched_inputs, images)
-        return self.task.inference(layer_outputs[-1], batched_inputs, images)
+            layer_predictions = self.forward_outputs(batched_inputs, images)
+            return self.task.losses(layer_predictions, batched_inputs, images)
+        last = self.forward_outputs(batched_inputs, images, all_layers=False)[-1]
+        return self.task.inference(last, batched_inputs, images)

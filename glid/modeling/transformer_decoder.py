@@ -7,14 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from timm.layers import DropPath
 from torch import nn
 
 from .position_encoding import PositionEmbeddingSine
 
-__all__ = ["GLIDTransformerDecoder", "DecoderLayer"]
+__all__ = ["GLIDTransformerDecoder", "DecoderLayer", "Predict"]
+
+# predict(normalized layer output (B, N, D), next layer's (h, w) or None)
+#   -> (predictions, (B, N, h*w) bool attention mask or None)
+Predict = Callable[[torch.Tensor, "tuple[int, int] | None"], "tuple[dict, torch.Tensor | None]"]
 
 
 class DecoderLayer(nn.Module):
@@ -70,8 +73,6 @@ class GLIDTransformerDecoder(nn.Module):
         dropout: dropout in attention and FFN.
         drop_path: maximum stochastic-depth rate (linearly increasing over layers).
         num_feature_levels: scales read round-robin.
-        mask_attention: restrict cross-attention to each query's predicted mask (from the
-            previous layer) — needs ``mask_features`` and ``mask_embed_fn`` in ``forward``.
     """
 
     @configurable
@@ -85,12 +86,10 @@ class GLIDTransformerDecoder(nn.Module):
         dropout: float = 0.0,
         drop_path: float = 0.0,
         num_feature_levels: int = 3,
-        mask_attention: bool = True,
     ):
         super().__init__()
         self.num_heads = num_heads
         self.num_feature_levels = num_feature_levels
-        self.mask_attention = mask_attention
         self.pos_embed = PositionEmbeddingSine(hidden_dim // 2)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, hidden_dim))
         nn.init.normal_(self.level_embed, std=0.02)
@@ -114,7 +113,6 @@ class GLIDTransformerDecoder(nn.Module):
             "dim_feedforward": g.DECODER.DIM_FEEDFORWARD,
             "dropout": g.DECODER.DROPOUT,
             "drop_path": g.DECODER.DROP_PATH,
-            "mask_attention": g.DECODER.MASK_ATTENTION,
         }
 
     def forward(
@@ -122,49 +120,56 @@ class GLIDTransformerDecoder(nn.Module):
         query: torch.Tensor,
         query_pos: torch.Tensor,
         features: list[torch.Tensor],
-        mask_features: torch.Tensor | None = None,
-        mask_embed_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> list[torch.Tensor]:
-        """Run all layers.
+        predict: Predict,
+        mask_attention: bool = False,
+        all_layers: bool = True,
+    ) -> list[dict]:
+        """Run all layers; each layer's output is turned into predictions once, by ``predict``.
 
         Args:
             query, query_pos: (B, N, D) content and position of the queries.
             features: ``num_feature_levels`` maps (B, D, h, w), low resolution first.
-            mask_features: (B, E, H/4, W/4) per-pixel embedding map (masked attention).
-            mask_embed_fn: maps normalized outputs (B, N, D) to mask embeddings (B, N, E).
+            predict: ``predict(output, mask_size)`` maps a layer's normalized output (B, N, D)
+                to its predictions and, when ``mask_size`` = (h, w) is given, a (B, N, h*w) bool
+                mask, True where a query must not attend in the next layer (else ``None``).
+            mask_attention: restrict cross-attention to the previous layer's predicted masks
+                (Mask2Former); the first layer attends everywhere.
+            all_layers: return every layer's predictions (training, deep supervision); else
+                only the last layer's (earlier ones are then computed only when masked
+                attention needs them).
 
         Returns:
-            L tensors (B, N, D): the normalized output of every layer.
+            The predictions of every layer (last one last), or ``[last layer's]``.
         """
         if len(features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature maps, got {len(features)}"
             )
-        use_mask = self.mask_attention and mask_features is not None and mask_embed_fn is not None
         memories, memory_pos, sizes = [], [], []
         for i, f in enumerate(features):
-            sizes.append(f.shape[-2:])
+            sizes.append(tuple(f.shape[-2:]))
             memory_pos.append(self.pos_embed(f).flatten(2).transpose(1, 2))
             memories.append(f.flatten(2).transpose(1, 2) + self.level_embed[i].to(f.dtype))
         outputs = []
         attn_mask = None  # the first layer sees everything: all queries share one content
+        num_layers = len(self.layers)
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
             query = layer(query, query_pos, memories[level], memory_pos[level], attn_mask)
-            out = self.norm(query)
-            outputs.append(out)
-            if use_mask and i + 1 < len(self.layers):
-                next_size = sizes[(i + 1) % self.num_feature_levels]
-                attn_mask = self._attention_mask(mask_embed_fn(out), mask_features, next_size)
+            last = i + 1 == num_layers
+            need_mask = mask_attention and not last
+            if not (all_layers or last or need_mask):
+                continue
+            mask_size = sizes[(i + 1) % self.num_feature_levels] if need_mask else None
+            predictions, blocked = predict(self.norm(query), mask_size)
+            if all_layers or last:
+                outputs.append(predictions)
+            attn_mask = self._per_head(blocked) if need_mask else None
         return outputs
 
-    def _attention_mask(
-        self, mask_embed: torch.Tensor, mask_features: torch.Tensor, size: torch.Size
-    ) -> torch.Tensor:
-        """Boolean (B*heads, N, h*w) mask, True where a query must not attend (outside its
-        predicted mask); a query whose mask is empty attends everywhere."""
-        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        blocked = (masks.sigmoid().flatten(2) < 0.5).detach()
+    def _per_head(self, blocked: torch.Tensor) -> torch.Tensor:
+        """(B, N, S) bool -> (B*heads, N, S) for ``nn.MultiheadAttention``; a query blocked
+        everywhere (empty predicted mask) attends everywhere instead."""
+        blocked = blocked.detach().clone()
         blocked[blocked.all(dim=-1)] = False
         return blocked.repeat_interleave(self.num_heads, dim=0)

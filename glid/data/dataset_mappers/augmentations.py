@@ -17,9 +17,10 @@ def build_color_jitter(prob: float = 0.5) -> list[T.Augmentation]:
     ]
 
 
-def build_segmentation_augmentations(cfg) -> list[T.Augmentation]:
-    """Scale jitter (``INPUT.MIN_SIZE_TRAIN`` choices), category-area-constrained crop, colour
-    jitter, horizontal flip — the segmentation recipe of Tab. 7."""
+def build_segmentation_augmentations(cfg, ignore_label: int) -> list[T.Augmentation]:
+    """Scale jitter (``INPUT.MIN_SIZE_TRAIN`` choices), category-area-constrained crop (label
+    ``ignore_label`` does not count as a category), colour jitter, horizontal flip — the
+    segmentation recipe of Tab. 7."""
     augs: list[T.Augmentation] = [
         T.ResizeShortestEdge(
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -31,7 +32,7 @@ def build_segmentation_augmentations(cfg) -> list[T.Augmentation]:
                 cfg.INPUT.CROP.TYPE,
                 cfg.INPUT.CROP.SIZE,
                 cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                cfg.INPUT.IGNORE_LABEL,
+                ignore_label,
             )
         )
     if cfg.INPUT.COLOR_AUG_SSD:

@@ -1,20 +1,32 @@
-"""Semantic-segmentation training mapper: image + label PNG -> augmented image tensor, label
-map, and one binary mask per class present (the set-prediction targets)."""
+"""Semantic segmentation: image + label PNG -> image, label map and one binary mask per class
+present (the set-prediction targets)."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from .augmentations import build_segmentation_augmentations
+from .base_mapper import GLIDDatasetMapper
+from .build import DATASET_MAPPER_REGISTRY
 
-__all__ = ["SemanticSegmentationDatasetMapper", "masks_from_label_map"]
+__all__ = ["SemanticSegmentationDatasetMapper", "masks_from_label_map", "dataset_ignore_label"]
+
+
+def dataset_ignore_label(cfg) -> int:
+    """The ``ignore_label`` of the training datasets' metadata (one value for all of them)."""
+    values = {MetadataCatalog.get(name).get("ignore_label", None) for name in cfg.DATASETS.TRAIN}
+    if None in values or len(values) != 1:
+        raise ValueError(
+            f"DATASETS.TRAIN={tuple(cfg.DATASETS.TRAIN)} must all set the same `ignore_label` "
+            f"in their metadata, got {sorted(values, key=str)}"
+        )
+    return values.pop()
 
 
 def masks_from_label_map(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
@@ -24,14 +36,15 @@ def masks_from_label_map(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
     classes = classes[classes != ignore_label]
     instances = Instances(tuple(sem_seg.shape))
     instances.gt_classes = classes.to(torch.int64)
-    masks = sem_seg[None] == classes[:, None, None]
-    instances.gt_masks = BitMasks(masks)
+    instances.gt_masks = BitMasks(sem_seg[None] == classes[:, None, None])
     return instances
 
 
-class SemanticSegmentationDatasetMapper:
-    """Reads ``file_name`` and ``sem_seg_file_name``, applies the augmentations, and returns
-    ``image`` (3, H, W) uint8 tensor, ``sem_seg`` (H, W) int64 and ``instances``."""
+@DATASET_MAPPER_REGISTRY.register()
+class SemanticSegmentationDatasetMapper(GLIDDatasetMapper):
+    """Training: reads ``sem_seg_file_name`` too and returns ``sem_seg`` (H, W) int64 and
+    ``instances`` (one mask per class present). Testing: the image only (``SemSegEvaluator``
+    reads the ground truth itself)."""
 
     @configurable
     def __init__(
@@ -40,53 +53,41 @@ class SemanticSegmentationDatasetMapper:
         *,
         augmentations: list[T.Augmentation],
         image_format: str,
-        ignore_label: int,
-        size_divisibility: int,
+        ignore_label: int | None = None,
     ):
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format)
+        if is_train and ignore_label is None:
+            raise ValueError("training needs the label maps' ignore_label")
         self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
-        return {
-            "is_train": is_train,
-            "augmentations": build_segmentation_augmentations(cfg),
-            "image_format": cfg.INPUT.FORMAT,
-            "ignore_label": cfg.INPUT.IGNORE_LABEL,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
+        args = super().from_config(cfg, is_train)
+        args["ignore_label"] = dataset_ignore_label(cfg) if is_train else None
+        return args
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict = copy.deepcopy(dataset_dict)
+    @classmethod
+    def train_augmentations(cls, cfg) -> list[T.Augmentation]:
+        return build_segmentation_augmentations(cfg, dataset_ignore_label(cfg))
+
+    def aug_input(self, dataset_dict: dict, image: np.ndarray) -> T.AugInput:
+        if not self.is_train:
+            return T.AugInput(image)
         if "sem_seg_file_name" not in dataset_dict:
             raise KeyError(
-                "semantic segmentation needs 'sem_seg_file_name' in "
-                f"{dataset_dict.get('file_name')}"
+                f"semantic segmentation needs 'sem_seg_file_name' for {dataset_dict['file_name']}"
             )
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
         sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         if sem_seg.ndim != 2:
             raise ValueError(
                 f"label map of {dataset_dict['file_name']} must be single-channel, "
                 f"got shape {sem_seg.shape}"
             )
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
-        image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        return T.AugInput(image, sem_seg=sem_seg)
+
+    def add_targets(self, dataset_dict: dict, aug_input: T.AugInput, transforms) -> None:
+        if not self.is_train:
+            return
         sem_seg = torch.as_tensor(aug_input.sem_seg.astype("long"))
-        if self.size_divisibility > 0:
-            h, w = image.shape[-2:]
-            pad_h, pad_w = -h % self.size_divisibility, -w % self.size_divisibility
-            # Padded pixels are ignored by the loss (label) and are 0 before normalization.
-            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
-            sem_seg = torch.nn.functional.pad(
-                sem_seg, (0, pad_w, 0, pad_h), value=self.ignore_label
-            )
-        dataset_dict["image"] = image
         dataset_dict["sem_seg"] = sem_seg
         dataset_dict["instances"] = masks_from_label_map(sem_seg, self.ignore_label)
-        return dataset_dict

@@ -1,23 +1,25 @@
 """Registry of GLID tasks (``MODEL.GLID.TASK``).
 
-A task adds, around the shared model, only: the split of the one linear head, the loss, the
-post-processing and (in ``glid.data``) a dataset mapper.
+A task adds, around the shared model, only its :class:`~glid.modeling.tasks.GLIDTask` subclass
+(head split, decoder inputs, predictions, losses, inference), a dataset mapper (in
+``glid.data.dataset_mappers``), an evaluator if its metric is new (``glid.evaluation``) and
+configs.
 """
 
 from __future__ import annotations
 
 from detectron2.utils.registry import Registry
-from torch import nn
 
 from ..heads import LinearTaskHead
+from .base import GLIDTask
 
 __all__ = ["TASK_REGISTRY", "register_task", "get_task_class", "build_task", "build_task_head"]
 
 TASK_REGISTRY = Registry("GLID_TASK")
 TASK_REGISTRY.__doc__ = """
-GLID tasks. A task class has a short ``task_name`` (the value of ``MODEL.GLID.TASK``), builds from
-``cls(cfg)``, and implements ``head_splits(cfg)`` (classmethod), ``predictions``, ``losses`` and
-``inference`` (see ``SemanticSegmentationTask``).
+GLID tasks: :class:`~glid.modeling.tasks.GLIDTask` subclasses, each registered by
+:func:`register_task` under its ``task_name`` (the value of ``MODEL.GLID.TASK``) and built with
+``cls(cfg)``.
 """
 
 TASK_NAMES = ("mim", "det", "ins", "sem", "pan", "pose", "depth", "cls")
@@ -29,6 +31,10 @@ def register_task(task_name: str):
         raise ValueError(f"unknown task {task_name!r}; GLID's tasks are {TASK_NAMES}")
 
     def decorator(cls):
+        if not isinstance(cls, type) or not issubclass(cls, GLIDTask):
+            raise TypeError(f"task {task_name!r}: {cls!r} is not a GLIDTask subclass")
+        if not getattr(cls, "dataset_mapper", None):
+            raise TypeError(f"task {task_name!r}: {cls.__name__} sets no dataset_mapper")
         cls.task_name = task_name
         TASK_REGISTRY.register(cls)
         return cls
@@ -39,7 +45,7 @@ def register_task(task_name: str):
 def get_task_class(task_name: str) -> type:
     """The class registered for ``task_name``."""
     for _, cls in TASK_REGISTRY:
-        if getattr(cls, "task_name", None) == task_name:
+        if cls.task_name == task_name:
             return cls
     implemented = sorted(cls.task_name for _, cls in TASK_REGISTRY)
     raise KeyError(
@@ -47,7 +53,7 @@ def get_task_class(task_name: str) -> type:
     )
 
 
-def build_task(cfg) -> nn.Module:
+def build_task(cfg) -> GLIDTask:
     """Build the task module (loss + post-processing) for ``cfg.MODEL.GLID.TASK``."""
     return get_task_class(cfg.MODEL.GLID.TASK)(cfg)
 

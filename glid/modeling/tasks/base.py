@@ -1,0 +1,98 @@
+"""``GLIDTask``: everything that distinguishes one GLID task from another.
+
+The model (:class:`glid.modeling.GLID`) is the same for every task: encoder, pixel decoder,
+queries, transformer decoder and one ``nn.Linear``. A task says
+
+* how that linear layer's output is split into named answers (:meth:`GLIDTask.head_splits`);
+* what the model feeds the decoder (:meth:`GLIDTask.decoder_inputs`: an encoder mask for masked
+  image modeling, per-image query points, whether ``[CLS]`` is appended, whether cross-attention
+  is masked);
+* how one decoder layer's answers become predictions (:meth:`GLIDTask.predictions`) and, with
+  masked attention, the next layer's attention mask (:meth:`GLIDTask.attention_mask`);
+* its losses over the predictions of every decoder layer (:meth:`GLIDTask.losses`);
+* its inference into detectron2's per-image output fields (:meth:`GLIDTask.inference`);
+* the dataset mapper it reads data with by default (:attr:`GLIDTask.dataset_mapper`).
+
+A new task is one subclass registered with :func:`glid.modeling.tasks.register_task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from detectron2.structures import ImageList
+from torch import nn
+
+__all__ = ["DecoderInputs", "GLIDTask"]
+
+
+@dataclass(frozen=True)
+class DecoderInputs:
+    """What the model needs from the task to run the encoder and the decoder on a batch.
+
+    Attributes:
+        encoder_mask: (B, h, w) bool map of masked units whose patch embeddings become the
+            encoder's mask token (masked image modeling), or ``None``.
+        query_points: (B, N, 2) normalized (x, y) query positions per image, or ``None`` for
+            the N fine-tuning grid points.
+        with_cls: append the ``[CLS]`` query (last).
+        mask_attention: restrict each query's cross-attention to its mask predicted by the
+            previous layer (:meth:`GLIDTask.attention_mask`).
+    """
+
+    encoder_mask: torch.Tensor | None = None
+    query_points: torch.Tensor | None = None
+    with_cls: bool = False
+    mask_attention: bool = False
+
+
+class GLIDTask(nn.Module):
+    """Base class of GLID tasks (loss and post-processing; no parameters of its own).
+
+    Subclasses set :attr:`dataset_mapper` and, where they need them, :attr:`uses_mask_token`
+    and :attr:`uses_cls_query` (the model freezes the tokens a task never uses, so that DDP and
+    the optimizer see no unused trainable parameter), and implement :meth:`head_splits`,
+    :meth:`predictions`, :meth:`losses` and :meth:`inference`.
+    """
+
+    task_name: ClassVar[str]  # set by register_task: the value of MODEL.GLID.TASK
+    dataset_mapper: ClassVar[str]  # default INPUT.DATASET_MAPPER_NAME
+    uses_mask_token: ClassVar[bool] = False
+    uses_cls_query: ClassVar[bool] = False
+
+    @classmethod
+    def head_splits(cls, cfg) -> dict[str, int]:
+        """Ordered ``{answer name: size}`` of the task's one linear head."""
+        raise NotImplementedError
+
+    def decoder_inputs(self, batched_inputs: list[dict], images: ImageList) -> DecoderInputs:
+        """What the encoder and decoder get for this batch (default: grid queries, no masks)."""
+        return DecoderInputs()
+
+    def predictions(self, answers: dict[str, torch.Tensor], mask_features: torch.Tensor) -> dict:
+        """One decoder layer's predictions.
+
+        Args:
+            answers: the head's output split by name, each (B, N, size).
+            mask_features: (B, E, H/4, W/4) per-pixel embedding map of the pixel decoder.
+        """
+        raise NotImplementedError
+
+    def attention_mask(self, predictions: dict, size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, h*w) bool, True where a query must not attend in the next layer, whose
+        feature map is ``size`` = (h, w). Only called when ``mask_attention`` is set."""
+        raise NotImplementedError(f"task {self.task_name!r} has no masked attention")
+
+    def losses(
+        self, layer_predictions: list[dict], batched_inputs: list[dict], images: ImageList
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses from every decoder layer's predictions (last layer last)."""
+        raise NotImplementedError
+
+    def inference(
+        self, predictions: dict, batched_inputs: list[dict], images: ImageList
+    ) -> list[dict]:
+        """Per-image results (detectron2 fields) from the last layer's predictions."""
+        raise NotImplementedError
