@@ -23,16 +23,20 @@ def add_glid_config(cfg: CN) -> None:
     cfg.INPUT.DATASET_MAPPER_NAME = ""
 
     # ---- solver ----
+    # "ADAMW" (every recipe of Tab. 5-9) or "SGD" (detectron2's MOMENTUM / NESTEROV).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # AdamW betas (Tab. 5 pre-training: (0.9, 0.95)).
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # lr of the encoder = BASE_LR * BACKBONE_MULTIPLIER (Tab. 6-7: 1e-5 / 1e-4).
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     # Weight decay of embeddings, position tables and tokens (relative-position tables, [M],
     # [CLS], mask token, level embeddings): none, like norms (SOLVER.WEIGHT_DECAY_NORM).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    # "WarmupPolyLR" is added here; detectron2 provides WarmupMultiStepLR and WarmupCosineLR.
+    # Power of "WarmupPolyLR" (lr x (1 - iter / MAX_ITER)^power), the schedule GLID adds to
+    # detectron2's WarmupMultiStepLR and WarmupCosineLR (SOLVER.LR_SCHEDULER_NAME).
     cfg.SOLVER.POLY_LR_POWER = 0.9
-    # Clip the gradient of the whole model (one norm over all parameters), not per parameter.
+    # Gradient clipping. CLIP_TYPE "full_model" (added here): one norm over all parameters,
+    # clipped to CLIP_VALUE; detectron2's "value" / "norm" clip each parameter on its own.
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
@@ -40,15 +44,20 @@ def add_glid_config(cfg: CN) -> None:
 
     # ---- encoder: Swin from timm ----
     cfg.MODEL.SWIN = CN()
-    cfg.MODEL.SWIN.EMBED_DIM = 128  # Swin-B
+    # Width of the first stage, blocks and attention heads per stage (Swin-B).
+    cfg.MODEL.SWIN.EMBED_DIM = 128
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 18, 2]
     cfg.MODEL.SWIN.NUM_HEADS = [4, 8, 16, 32]
+    # Attention window (tokens per side).
     cfg.MODEL.SWIN.WINDOW_SIZE = 7
     # Image size the window attention and relative-position tables are built for.
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    # Pixels per patch side (stride of res2), MLP width / embedding width.
     cfg.MODEL.SWIN.PATCH_SIZE = 4
     cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    # Stochastic depth of the encoder (Tab. 6-9: 0.1 / 0.3).
     cfg.MODEL.SWIN.DROP_PATH_RATE = 0.1
+    # Stages returned to the pixel decoder (strides 4, 8, 16, 32).
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Recompute Swin blocks in backward to save memory.
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
@@ -73,10 +82,14 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.BIFPN = CN()
     # One entry per BiFPN repeat: "conv" (full 3x3) or "sep" (depthwise-separable 3x3).
     cfg.MODEL.GLID.BIFPN.CONV_TYPES = ["conv", "sep", "sep"]
+    # eps of the fast normalized fusion sum_i relu(w_i) x_i / (eps + sum_j relu(w_j)).
     cfg.MODEL.GLID.BIFPN.FUSION_EPS = 1e-4
+    # Norm after each conv (detectron2 get_norm name: "GN", "BN", "SyncBN", "" for none).
     cfg.MODEL.GLID.BIFPN.NORM = "GN"
 
     # Mask2Former-style deformable-attention pixel decoder (Tab. 2, second row).
+    # Encoder layers, attention heads, sampling points per head and level, FFN width, dropout
+    # and the norm of the input projections / FPN convs.
     cfg.MODEL.GLID.MSDEFORMATTN = CN()
     cfg.MODEL.GLID.MSDEFORMATTN.NUM_LAYERS = 6
     cfg.MODEL.GLID.MSDEFORMATTN.NUM_HEADS = 8
@@ -85,6 +98,8 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.MSDEFORMATTN.DROPOUT = 0.0
     cfg.MODEL.GLID.MSDEFORMATTN.NORM = "GN"
 
+    # Transformer decoder: layers L (three rounds over the three scales), attention heads,
+    # FFN width, dropout.
     cfg.MODEL.GLID.DECODER = CN()
     cfg.MODEL.GLID.DECODER.NUM_LAYERS = 9
     cfg.MODEL.GLID.DECODER.NUM_HEADS = 8

@@ -1,4 +1,5 @@
-"""GLID data: dataset mappers, the built-in generated dataset's metadata and registration.
+"""GLID data: dataset mappers (registered by name), the built-in generated dataset's metadata
+and registration.
 
 Importing ``glid.data`` registers the ``glid_synth_*`` datasets (lazily; see
 :mod:`glid.data.datasets.register_synthetic`). The generator that writes them,
@@ -7,6 +8,7 @@ Importing ``glid.data`` registers the ``glid_synth_*`` datasets (lazily; see
 """
 
 from glid.data import dataset_mappers
+from glid.data.dataset_mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 from glid.data.datasets import (
     load_depth_pairs,
     load_image_folder,
@@ -28,6 +30,8 @@ from glid.data.datasets.synthetic_meta import (
 )
 
 __all__ = [
+    "DATASET_MAPPER_REGISTRY",
+    "build_dataset_mapper",
     "COCO_PERSON_KEYPOINT_NAMES",
     "COCO_PERSON_SKELETON",
     "SYNTH_SEM_SEG_CLASSES",
