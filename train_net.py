@@ -18,7 +18,7 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -34,13 +34,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import glid
-from glid.data.dataset_mappers import build_train_mapper
+from glid.data.dataset_mappers import build_dataset_mapper
 from glid.engine import build_lr_scheduler, build_optimizer
 from glid.evaluation import build_evaluator
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's trainer with GLID's data mappers, optimizer, schedules and evaluators."""
+    """detectron2's trainer with GLID's registered data mappers (train and test) and evaluators,
+    optimizer and schedules."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that DDP gets device_ids=None on the CPU (gloo), where
@@ -63,6 +64,13 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        # Exact resume (glid.engine.resume): every iteration's random draws depend on
+        # (seed, rank, iteration) only, the seed is checkpointed, and the data stream starts
+        # at the resumed iteration.
+        seed = glid.engine.training_seed(self.cfg)
+        return [glid.engine.ExactResumeHook(seed), *super().build_hooks()]
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -70,7 +78,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        # Resumable: a resumed run gets the uninterrupted run's batches (glid.engine.resume).
+        mapper = build_dataset_mapper(cfg, is_train=True)
+        return glid.engine.build_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = build_dataset_mapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
