@@ -1,6 +1,8 @@
 """GLID's transformer decoder: Mask2Former's layer order (cross-attn -> self-attn -> FFN) over
-three feature scales round-robin, optional masked cross-attention, stochastic depth, and the
-normalized output of every layer (for the auxiliary losses)."""
+three feature scales round-robin, optional masked cross-attention, stochastic depth. Each
+layer's normalized output goes once through the task's ``predict`` (head + task predictions),
+which also yields the next layer's attention mask; the predictions of every layer are returned
+for the auxiliary losses, only the last layer's at inference."""
 
 from __future__ import annotations
 
