@@ -107,12 +107,14 @@ class GLID(nn.Module):
         inputs = self.task.decoder_inputs(batched_inputs, images)
         features = self.backbone(images.tensor, mask=inputs.encoder_mask)
         mask_features, multi_scale = self.pixel_decoder(features)
-        content, position = self.queries(
-            images.tensor.shape[0], points=inputs.query_points, with_cls=inputs.with_cls
-        )
+        batch_size = images.tensor.shape[0]
+        points = inputs.query_points
+        if points is None:
+            points = self.queries.grid_points.unsqueeze(0).expand(batch_size, -1, -1)
+        content, position = self.queries(batch_size, points=points, with_cls=inputs.with_cls)
 
         def predict(hidden: torch.Tensor, mask_size: tuple[int, int] | None):
-            predictions = self.task.predictions(self.head.split(hidden), mask_features)
+            predictions = self.task.predictions(self.head.split(hidden), mask_features, points)
             blocked = None
             if mask_size is not None:
                 blocked = self.task.attention_mask(predictions, mask_size)

@@ -71,12 +71,20 @@ class GLIDTask(nn.Module):
         """What the encoder and decoder get for this batch (default: grid queries, no masks)."""
         return DecoderInputs()
 
-    def predictions(self, answers: dict[str, torch.Tensor], mask_features: torch.Tensor) -> dict:
+    def predictions(
+        self,
+        answers: dict[str, torch.Tensor],
+        mask_features: torch.Tensor,
+        query_points: torch.Tensor,
+    ) -> dict:
         """One decoder layer's predictions.
 
         Args:
-            answers: the head's output split by name, each (B, N, size).
+            answers: the head's output split by name, each (B, N [+1], size); with ``[CLS]``
+                its answer is the last.
             mask_features: (B, E, H/4, W/4) per-pixel embedding map of the pixel decoder.
+            query_points: (B, N, 2) normalized (x, y) positions of the N location queries
+                (reference points, e.g. for boxes refined from the query's position).
         """
         raise NotImplementedError
 

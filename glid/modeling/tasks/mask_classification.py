@@ -97,7 +97,9 @@ class MaskClassificationTask(GLIDTask):
     def decoder_inputs(self, batched_inputs: list[dict], images: ImageList) -> DecoderInputs:
         return DecoderInputs(mask_attention=self.mask_attention)
 
-    def predictions(self, answers: dict, mask_features: torch.Tensor) -> dict:
+    def predictions(
+        self, answers: dict, mask_features: torch.Tensor, query_points: torch.Tensor
+    ) -> dict:
         """``pred_logits`` (B, N, C+1) and ``pred_masks`` (B, N, H/4, W/4) mask logits."""
         masks = torch.einsum("bqc,bchw->bqhw", answers["mask_embed"], mask_features)
         return {"pred_logits": answers["pred_logits"], "pred_masks": masks}
