@@ -30,25 +30,15 @@
 
 #include "bifpn_fusion/bifpn_fusion.h"
 #include "bifpn_fusion/bifpn_fusion_checks.h"
+#include "common/simd.h"
 
-#if !defined(__GNUC__)
+#if !GLID_VECTOR_EXT
 #error "bifpn_fusion_cpu.cpp needs GCC or Clang (it uses the vector_size extension)"
 #endif
-// 32-byte vectors passed by value between this file's internal (inlined) functions: the note
-// that their ABI differs without AVX does not concern anything outside this file.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
-// The hot loops are compiled twice, for AVX2 and for the baseline ISA, and the loader picks one
-// at run time (GCC function multi-versioning, Linux/x86-64 only). Both do the same operations
-// in the same order on 8-float values, so they give identical results.
-// Every helper that passes a SIMD value by value is always inlined: a real call between an AVX2
-// clone and a baseline function would disagree on how 32-byte vectors are passed (-Wpsabi).
-#define GLID_INLINE inline __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define GLID_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GLID_SIMD_CLONES
-#endif
+// The hot loops are GLID_SIMD_CLONES (AVX2 and baseline versions, picked at load time). Both do
+// the same operations in the same order on 8-float values, so they give identical results.
+// Every helper that passes a SIMD value by value is GLID_INLINE (see common/simd.h).
 
 namespace glid {
 namespace {
@@ -56,12 +46,11 @@ namespace {
 constexpr int64_t kGrain = 32768;  // elements per parallel task in the elementwise loop
 constexpr int64_t kBlock = 8192;   // elements per partial sum of the weight gradient
 
-// 32-byte SIMD values: one AVX register, or two SSE registers on a baseline x86-64 build.
-typedef float VecF __attribute__((vector_size(32)));
-typedef int32_t VecI __attribute__((vector_size(32)));
-typedef uint32_t VecU __attribute__((vector_size(32)));
-typedef uint16_t VecU16 __attribute__((vector_size(16)));
-typedef double VecD __attribute__((vector_size(32)));
+using simd::VecD;
+using simd::VecF;
+using simd::VecI;
+using simd::VecU;
+using simd::VecU16;
 
 template <typename acc_t>
 struct Simd;

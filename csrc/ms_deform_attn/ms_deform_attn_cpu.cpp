@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/simd.h"
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "ms_deform_attn/ms_deform_attn_common.h"
 
@@ -33,35 +34,19 @@ using msda::Dims;
 using msda::dims_of;
 
 #if defined(__GNUC__) || defined(__clang__)
-#define MSDA_INLINE inline __attribute__((always_inline))
 #define MSDA_RESTRICT __restrict__
 #define MSDA_PREFETCH(ptr, rw) __builtin_prefetch((ptr), (rw))
 #else
-#define MSDA_INLINE inline
 #define MSDA_RESTRICT
 #define MSDA_PREFETCH(ptr, rw) ((void)(ptr))
 #endif
 // The hot loops are compiled twice on x86 (GCC/Clang): for the baseline ISA of the build and with
-// AVX2+FMA, chosen at run time. The loop bodies are always_inline templates, so each entry point
-// below gets its own code for its ISA.
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MSDA_HAS_AVX2_PATH 1
-#define MSDA_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define MSDA_HAS_AVX2_PATH 0
-#endif
-
-bool cpu_has_avx2() {
-#if MSDA_HAS_AVX2_PATH
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
+// AVX2+FMA (GLID_TARGET_AVX2), chosen at run time (simd::cpu_has_avx2()). The loop bodies are
+// always_inline templates, so each entry point below gets its own code for its ISA.
+using simd::cpu_has_avx2;
 
 // Prefetches the first cache lines of a row of `bytes` bytes (the rest streams in sequentially).
-MSDA_INLINE void prefetch_row(const void* ptr, int64_t bytes, bool write) {
+GLID_INLINE void prefetch_row(const void* ptr, int64_t bytes, bool write) {
   const char* p = static_cast<const char*>(ptr);
   const int64_t lines = std::min<int64_t>((bytes + 63) / 64, 8);
   for (int64_t j = 0; j < lines; ++j) {
@@ -76,16 +61,13 @@ MSDA_INLINE void prefetch_row(const void* ptr, int64_t bytes, bool write) {
 // ---- 256-bit register blocks ------------------------------------------------------------------
 // VecOps<scalar_t>: a block of kLanes accumulators of acc_t (8 floats or 4 doubles, one 256-bit
 // register with AVX2, two 128-bit ones otherwise), loaded from scalar_t (bfloat16 is widened).
-// GCC/Clang vector extensions; a plain array elsewhere (or with -DMSDA_NO_VECTOR_EXT).
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(MSDA_NO_VECTOR_EXT)
-// 32-byte vectors only live inside always_inline code (no calls pass them): the ABI note about
-// passing them without AVX does not apply. Kept off for the whole file (templates instantiate
-// below).
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf8 __attribute__((vector_size(32)));
-typedef double vd4 __attribute__((vector_size(32)));
-typedef uint16_t vu16x8 __attribute__((vector_size(16)));
-typedef uint32_t vu32x8 __attribute__((vector_size(32)));
+// GCC/Clang vector extensions (common/simd.h); a plain array elsewhere (or with
+// -DMSDA_NO_VECTOR_EXT).
+#if GLID_VECTOR_EXT && !defined(MSDA_NO_VECTOR_EXT)
+using vf8 = simd::VecF;
+using vd4 = simd::VecD;
+using vu16x8 = simd::VecU16;
+using vu32x8 = simd::VecU;
 #define MSDA_VECTOR_EXT 1
 #else
 #define MSDA_VECTOR_EXT 0
@@ -105,30 +87,30 @@ struct VecOps<float> {
   static constexpr int kLanes = 8;
 #if MSDA_VECTOR_EXT
   using V = vf8;
-  static MSDA_INLINE V zero() { return V{}; }
-  static MSDA_INLINE V splat(float a) { return V{} + a; }
-  static MSDA_INLINE V load(const float* p) {
+  static GLID_INLINE V zero() { return V{}; }
+  static GLID_INLINE V splat(float a) { return V{} + a; }
+  static GLID_INLINE V load(const float* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
   }
-  static MSDA_INLINE void store(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static MSDA_INLINE V fmadd(const V& acc, const V& a, const V& b) { return acc + a * b; }
-  static MSDA_INLINE float lane(const V& v, int j) { return v[j]; }
+  static GLID_INLINE void store(float* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  static GLID_INLINE V fmadd(const V& acc, const V& a, const V& b) { return acc + a * b; }
+  static GLID_INLINE float lane(const V& v, int j) { return v[j]; }
 #else
   using V = ArrayVec<float, 8>;
-  static MSDA_INLINE V zero() { return V{}; }
-  static MSDA_INLINE V splat(float a) { V v; for (int j = 0; j < 8; ++j) v.x[j] = a; return v; }
-  static MSDA_INLINE V load(const float* p) { V v; std::memcpy(v.x, p, sizeof(v.x)); return v; }
-  static MSDA_INLINE void store(float* p, const V& v) { std::memcpy(p, v.x, sizeof(v.x)); }
-  static MSDA_INLINE V fmadd(V acc, V a, V b) {
+  static GLID_INLINE V zero() { return V{}; }
+  static GLID_INLINE V splat(float a) { V v; for (int j = 0; j < 8; ++j) v.x[j] = a; return v; }
+  static GLID_INLINE V load(const float* p) { V v; std::memcpy(v.x, p, sizeof(v.x)); return v; }
+  static GLID_INLINE void store(float* p, const V& v) { std::memcpy(p, v.x, sizeof(v.x)); }
+  static GLID_INLINE V fmadd(V acc, V a, V b) {
     for (int j = 0; j < 8; ++j) acc.x[j] += a.x[j] * b.x[j];
     return acc;
   }
-  static MSDA_INLINE float lane(const V& v, int j) { return v.x[j]; }
+  static GLID_INLINE float lane(const V& v, int j) { return v.x[j]; }
 #endif
-  static MSDA_INLINE V load_acc(const float* p) { return load(p); }
-  static MSDA_INLINE void store_acc(float* p, const V& v) { store(p, v); }
+  static GLID_INLINE V load_acc(const float* p) { return load(p); }
+  static GLID_INLINE void store_acc(float* p, const V& v) { store(p, v); }
 };
 
 template <>
@@ -137,30 +119,30 @@ struct VecOps<double> {
   static constexpr int kLanes = 4;
 #if MSDA_VECTOR_EXT
   using V = vd4;
-  static MSDA_INLINE V zero() { return V{}; }
-  static MSDA_INLINE V splat(double a) { return V{} + a; }
-  static MSDA_INLINE V load(const double* p) {
+  static GLID_INLINE V zero() { return V{}; }
+  static GLID_INLINE V splat(double a) { return V{} + a; }
+  static GLID_INLINE V load(const double* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
   }
-  static MSDA_INLINE void store(double* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static MSDA_INLINE V fmadd(const V& acc, const V& a, const V& b) { return acc + a * b; }
-  static MSDA_INLINE double lane(const V& v, int j) { return v[j]; }
+  static GLID_INLINE void store(double* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  static GLID_INLINE V fmadd(const V& acc, const V& a, const V& b) { return acc + a * b; }
+  static GLID_INLINE double lane(const V& v, int j) { return v[j]; }
 #else
   using V = ArrayVec<double, 4>;
-  static MSDA_INLINE V zero() { return V{}; }
-  static MSDA_INLINE V splat(double a) { V v; for (int j = 0; j < 4; ++j) v.x[j] = a; return v; }
-  static MSDA_INLINE V load(const double* p) { V v; std::memcpy(v.x, p, sizeof(v.x)); return v; }
-  static MSDA_INLINE void store(double* p, const V& v) { std::memcpy(p, v.x, sizeof(v.x)); }
-  static MSDA_INLINE V fmadd(V acc, V a, V b) {
+  static GLID_INLINE V zero() { return V{}; }
+  static GLID_INLINE V splat(double a) { V v; for (int j = 0; j < 4; ++j) v.x[j] = a; return v; }
+  static GLID_INLINE V load(const double* p) { V v; std::memcpy(v.x, p, sizeof(v.x)); return v; }
+  static GLID_INLINE void store(double* p, const V& v) { std::memcpy(p, v.x, sizeof(v.x)); }
+  static GLID_INLINE V fmadd(V acc, V a, V b) {
     for (int j = 0; j < 4; ++j) acc.x[j] += a.x[j] * b.x[j];
     return acc;
   }
-  static MSDA_INLINE double lane(const V& v, int j) { return v.x[j]; }
+  static GLID_INLINE double lane(const V& v, int j) { return v.x[j]; }
 #endif
-  static MSDA_INLINE V load_acc(const double* p) { return load(p); }
-  static MSDA_INLINE void store_acc(double* p, const V& v) { store(p, v); }
+  static GLID_INLINE V load_acc(const double* p) { return load(p); }
+  static GLID_INLINE void store_acc(double* p, const V& v) { store(p, v); }
 };
 
 template <>
@@ -168,7 +150,7 @@ struct VecOps<c10::BFloat16> : VecOps<float> {
   using Base = VecOps<float>;
   using Base::V;
   // bfloat16 -> float is exact: the 16 bits become the high half of the float.
-  static MSDA_INLINE V load(const c10::BFloat16* p) {
+  static GLID_INLINE V load(const c10::BFloat16* p) {
 #if MSDA_VECTOR_EXT
     vu16x8 h;
     std::memcpy(&h, p, sizeof(h));
@@ -182,7 +164,7 @@ struct VecOps<c10::BFloat16> : VecOps<float> {
     return v;
 #endif
   }
-  static MSDA_INLINE void store(c10::BFloat16* p, const V& v) {  // round to nearest even
+  static GLID_INLINE void store(c10::BFloat16* p, const V& v) {  // round to nearest even
     for (int j = 0; j < 8; ++j) {
       p[j] = static_cast<c10::BFloat16>(Base::lane(v, j));
     }
@@ -200,7 +182,7 @@ struct Tap {
 
 // out[d : d + U*kLanes] = sum_t taps[t].w * taps[t].v[d : d + U*kLanes], in U register blocks.
 template <int U, typename scalar_t, typename acc_t>
-MSDA_INLINE void gather_vec(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, int64_t d,
+GLID_INLINE void gather_vec(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, int64_t d,
                             scalar_t* out) {
   using Ops = VecOps<scalar_t>;
   constexpr int K = Ops::kLanes;
@@ -222,7 +204,7 @@ MSDA_INLINE void gather_vec(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, int
 
 // Scalar tail: channels [d, D).
 template <typename scalar_t, typename acc_t>
-MSDA_INLINE void gather_tail(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, int64_t d,
+GLID_INLINE void gather_tail(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, int64_t d,
                              int64_t D, scalar_t* out) {
   for (; d < D; ++d) {
     acc_t r = acc_t(0);
@@ -248,7 +230,7 @@ struct Args {
 
 // Output rows nq in [begin, end) (nq = n * Lq + q), all heads. `taps` holds >= 4*L*P entries.
 template <typename scalar_t>
-MSDA_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64_t end,
+GLID_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64_t end,
                                    Tap<scalar_t, at::opmath_type<scalar_t>>* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = VecOps<scalar_t>::kLanes;
@@ -302,9 +284,9 @@ void forward_rows(const Args<scalar_t>& A, int64_t begin, int64_t end,
   forward_rows_body(A, begin, end, taps);
 }
 
-#if MSDA_HAS_AVX2_PATH
+#if GLID_HAS_AVX2_PATH
 template <typename scalar_t>
-MSDA_TARGET_AVX2 void forward_rows_avx2(const Args<scalar_t>& A, int64_t begin, int64_t end,
+GLID_TARGET_AVX2 void forward_rows_avx2(const Args<scalar_t>& A, int64_t begin, int64_t end,
                                         Tap<scalar_t, at::opmath_type<scalar_t>>* taps) {
   forward_rows_body(A, begin, end, taps);
 }
@@ -319,7 +301,7 @@ void forward_impl(const Args<scalar_t>& A) {
   const bool avx2 = cpu_has_avx2();
   at::parallel_for(0, dm.N * dm.Lq, grain, [&](int64_t begin, int64_t end) {
     std::vector<Tap<scalar_t, acc_t>> taps(static_cast<size_t>(4 * dm.L * dm.P));
-#if MSDA_HAS_AVX2_PATH
+#if GLID_HAS_AVX2_PATH
     if (avx2) {
       forward_rows_avx2(A, begin, end, taps.data());
       return;
@@ -336,7 +318,7 @@ void forward_impl(const Args<scalar_t>& A) {
 // channels (register blocks, then a scalar tail). The dst rows are distinct (different corners,
 // or separate scratch rows for corners outside the map).
 template <typename scalar_t, typename acc_t>
-MSDA_INLINE void point_backward(const acc_t* g, const scalar_t* const* v, acc_t* const* dst,
+GLID_INLINE void point_backward(const acc_t* g, const scalar_t* const* v, acc_t* const* dst,
                                 const acc_t* cw, int64_t D, acc_t* dots) {
   using Ops = VecOps<scalar_t>;
   using V = typename Ops::V;
@@ -383,7 +365,7 @@ struct BackwardScratch {
 // Batch n, head m, queries [q_begin, q_end). gv_nm points at grad_value[n, 0, m, 0] of an
 // accumulation buffer (row stride M*D) whose rows of this (n, m) no other task touches.
 template <typename scalar_t>
-MSDA_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<scalar_t>* gv_nm,
+GLID_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<scalar_t>* gv_nm,
                                     int64_t n, int64_t m, int64_t q_begin, int64_t q_end,
                                     BackwardScratch<scalar_t, at::opmath_type<scalar_t>>& sc) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -475,9 +457,9 @@ void backward_task(const Args<scalar_t>& A, at::opmath_type<scalar_t>* gv_nm, in
   backward_task_body(A, gv_nm, n, m, q_begin, q_end, sc);
 }
 
-#if MSDA_HAS_AVX2_PATH
+#if GLID_HAS_AVX2_PATH
 template <typename scalar_t>
-MSDA_TARGET_AVX2 void backward_task_avx2(const Args<scalar_t>& A,
+GLID_TARGET_AVX2 void backward_task_avx2(const Args<scalar_t>& A,
                                          at::opmath_type<scalar_t>* gv_nm, int64_t n, int64_t m,
                                          int64_t q_begin, int64_t q_end,
                                          BackwardScratch<scalar_t, at::opmath_type<scalar_t>>& sc) {
@@ -517,7 +499,7 @@ void backward_impl(const Args<scalar_t>& A, at::Tensor& grad_value) {
       const int64_t n = nm / dm.M, m = nm % dm.M;
       const int64_t q_begin = dm.Lq * chunk / chunks, q_end = dm.Lq * (chunk + 1) / chunks;
       acc_t* gv_nm = acc_base + chunk * value_numel + n * dm.S * dm.M * dm.D + m * dm.D;
-#if MSDA_HAS_AVX2_PATH
+#if GLID_HAS_AVX2_PATH
       if (avx2) {
         backward_task_avx2(A, gv_nm, n, m, q_begin, q_end, sc);
         continue;

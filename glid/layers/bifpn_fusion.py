@@ -41,6 +41,8 @@ _KERNEL_DTYPES: dict[str, frozenset[torch.dtype]] = {
     "cuda": frozenset(_FLOAT_DTYPES),
     "meta": frozenset(_FLOAT_DTYPES),  # served by the fake implementation
 }
+# The kernel-or-reference decision shared by the ops (glid.layers._ext.use_kernel).
+_use_kernel = _ext.kernel_policy(_OP_NAME, _KERNEL_DTYPES)
 
 
 def _prepare(
@@ -138,7 +140,8 @@ def fast_normalized_fusion(
 
     Runs the ``glid._C`` kernel (CPU: float32/64, float16, bfloat16; CUDA: the same). With
     ``GLID_REFERENCE_OPS=1`` or on a device without a kernel it runs the eager reference
-    (logged once); when ``glid._C`` is not built it raises (see ``glid.layers._ext``).
+    (logged once); when ``glid._C`` is not built, or is built without CUDA kernels for CUDA
+    inputs, it raises (the policy of ``glid.layers._ext.use_kernel``).
 
     Args:
         inputs: 2 or 3 tensors of one shape ``(*)``, dtype and device.
@@ -152,24 +155,11 @@ def fast_normalized_fusion(
 
     Raises:
         TypeError, ValueError: on invalid arguments, naming the offending one.
-        RuntimeError: when ``glid._C`` is needed but not built.
+        RuntimeError: when ``glid._C`` is needed but not built (or built without CUDA).
     """
     xs, w = _prepare(inputs, weights, eps, activation)
-    if not _ext.kernel_available(_OP_NAME):
+    if not _use_kernel(xs[0].device.type, xs[0].dtype):
         return _reference(xs, w, eps, activation)
-    device_type = xs[0].device.type
-    if xs[0].dtype not in _KERNEL_DTYPES.get(device_type, frozenset()):
-        _ext.log_once(
-            f"nokernel:{_OP_NAME}:{device_type}:{xs[0].dtype}",
-            f"{_OP_NAME}: no kernel for {device_type}/{xs[0].dtype}, using the PyTorch reference",
-        )
-        return _reference(xs, w, eps, activation)
-    if device_type == "cuda" and not _ext.has_cuda_kernels():
-        raise RuntimeError(
-            f"{_OP_NAME}: the inputs are on {xs[0].device} but glid._C was built without CUDA "
-            "kernels. Rebuild it with CUDA (CUDA_HOME set, FORCE_CUDA=1 if no GPU is visible at "
-            "build time), or set GLID_REFERENCE_OPS=1 to run the pure-PyTorch reference."
-        )
     return torch.ops.glid.fast_fusion_forward(xs, w, float(eps), activation == "silu")
 
 

@@ -20,13 +20,15 @@ wrapper and the C++ op check them against ``S`` (``S == sum H*W``, consistent st
 CUDA device that check reads them back (one small synchronizing copy per call), so pass them on
 the CPU to avoid the sync (the CUDA kernels take the level table as kernel arguments).
 
-Kernel or reference (never a silent fallback after an error):
+Kernel or reference (never a silent fallback after an error), the policy shared by the ops
+(:func:`glid.layers._ext.use_kernel`), in this order:
 
+* ``GLID_REFERENCE_OPS=1`` runs the reference everywhere (logged once);
+* if ``glid._C`` is not built and the reference was not chosen, the call raises;
 * the compiled kernels in ``glid._C`` run for the (device, dtype) pairs of :data:`KERNEL_DTYPES`
   (CPU: float32/float64/bfloat16; CUDA: float16/bfloat16/float32/float64, fp32 accumulation);
-* any other pair (e.g. CPU float16, MPS) runs :func:`ms_deform_attn_reference`, logged once;
-* ``GLID_REFERENCE_OPS=1`` runs the reference everywhere (see :mod:`glid.layers._ext`);
-* if ``glid._C`` is not built and the reference was not chosen, the call raises.
+  any other pair (e.g. CPU float16, MPS) runs :func:`ms_deform_attn_reference`, logged once;
+* CUDA inputs with a ``glid._C`` built without CUDA kernels raise.
 
 Autocast: under ``torch.autocast`` the op is an fp32 island: its float inputs are cast to (at
 least) float32 inside :func:`ms_deform_attn` and it returns float32, like ``softmax``; the caller
@@ -350,25 +352,9 @@ def _register_library() -> None:
 _register_library()
 
 
-@torch.compiler.assume_constant_result
-def _use_kernel(device_type: str, dtype: torch.dtype) -> bool:
-    """The kernel-or-reference decision (constant per process, device type and dtype)."""
-    if dtype not in KERNEL_DTYPES.get(device_type, frozenset()):
-        _ext.log_once(
-            f"{_OP_NAME}:no-kernel:{device_type}:{dtype}",
-            f"{_OP_NAME}: no compiled kernel for {device_type}/{dtype}; running the pure-PyTorch "
-            "reference (slower, more memory)",
-        )
-        return False
-    if not _ext.kernel_available(_OP_NAME):  # raises if _C is missing and not opted out
-        return False
-    if device_type == "cuda" and not _ext.has_cuda_kernels():
-        raise RuntimeError(
-            f"{_OP_NAME}: glid._C was built without its CUDA kernels, but the inputs are on CUDA. "
-            "Rebuild with CUDA (FORCE_CUDA=1, see setup.py), or set GLID_REFERENCE_OPS=1 to run "
-            "the pure-PyTorch reference."
-        )
-    return True
+# The kernel-or-reference decision shared by the ops (glid.layers._ext.use_kernel); constant per
+# process, device type and dtype, so torch.compile evaluates it once while tracing.
+_use_kernel = _ext.kernel_policy(_OP_NAME, KERNEL_DTYPES)
 
 
 def ms_deform_attn(
