@@ -205,6 +205,98 @@ def test_deterministic_switches():
 
 
 # ---------------------------------------------------------------------------------------------
+# Sampling convention, by hand (expected values computed here, not by the reference)
+# ---------------------------------------------------------------------------------------------
+# One level of H x W pixels, pixel (i, j) = row i, column j at index i * W + j of S. A location
+# (x, y) is normalized with x along the width and y along the height: pixel coordinates
+# (x * W - 0.5, y * H - 0.5), so (x, y) = ((j + 0.5) / W, (i + 0.5) / H) is the centre of (i, j).
+# Non-square maps, so that a swap of x and y (or of W and H) cannot go unnoticed.
+
+BOTH_IMPLS = [
+    pytest.param(ms_deform_attn, id="kernel", marks=needs_c),
+    pytest.param(ms_deform_attn_reference, id="reference"),
+]
+NON_SQUARE = [(3, 5), (5, 3)]
+
+
+def pixel_map(h: int, w: int) -> torch.Tensor:
+    """(H, W, 2) float64 values, distinct per pixel: 10 i + j + 1 and (i + 1) / (j + 2)."""
+    i = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w)
+    j = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w)
+    return torch.stack([10 * i + j + 1, (i + 1) / (j + 2)], -1)
+
+
+def sample_points(fn, pixels: torch.Tensor, points: list[tuple[float, float]], **kwargs):
+    """Samples one level (pixels (H, W, D)) at normalized (x, y) points, one query each, one head,
+    one sampling point with attention weight 1: returns (output (Q, D), grads) for grad = 1."""
+    h, w, d = pixels.shape
+    value = pixels.reshape(1, h * w, 1, d)
+    loc = torch.tensor(points, dtype=torch.float64).view(1, len(points), 1, 1, 1, 2)
+    attn = torch.ones(1, len(points), 1, 1, 1, dtype=torch.float64)
+    ss, lsi = torch.tensor([[h, w]]), torch.tensor([0])
+    out, grads = run_with_grads(
+        fn, value, loc, attn, ss, lsi, grad=torch.ones(1, len(points), d, dtype=torch.float64)
+    )
+    return out[0], grads
+
+
+@pytest.mark.parametrize("fn", BOTH_IMPLS)
+@pytest.mark.parametrize("h,w", NON_SQUARE)
+def test_pixel_centre_returns_that_pixel(fn, h, w):
+    pixels = pixel_map(h, w)
+    cells = [(i, j) for i in range(h) for j in range(w)]
+    out, _ = sample_points(fn, pixels, [((j + 0.5) / w, (i + 0.5) / h) for i, j in cells])
+    want = torch.stack([pixels[i, j] for i, j in cells])
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", BOTH_IMPLS)
+@pytest.mark.parametrize("h,w", NON_SQUARE)
+def test_half_pixel_offset_returns_mean_of_two_neighbours(fn, h, w):
+    pixels = pixel_map(h, w)
+    # Along x: between columns j and j + 1 of row i.
+    cells = [(i, j) for i in range(h) for j in range(w - 1)]
+    out, _ = sample_points(fn, pixels, [((j + 1) / w, (i + 0.5) / h) for i, j in cells])
+    want = torch.stack([(pixels[i, j] + pixels[i, j + 1]) / 2 for i, j in cells])
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    # Along y: between rows i and i + 1 of column j.
+    cells = [(i, j) for i in range(h - 1) for j in range(w)]
+    out, _ = sample_points(fn, pixels, [((j + 0.5) / w, (i + 1) / h) for i, j in cells])
+    want = torch.stack([(pixels[i, j] + pixels[i + 1, j]) / 2 for i, j in cells])
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    # On the border (x = 0 or y = 0): half of the edge pixel, half of the zero padding.
+    out, _ = sample_points(fn, pixels, [(0.0, (i + 0.5) / h) for i in range(h)])
+    torch.testing.assert_close(out, pixels[:, 0] / 2, rtol=0, atol=1e-12)
+    out, _ = sample_points(fn, pixels, [((j + 0.5) / w, 0.0) for j in range(w)])
+    torch.testing.assert_close(out, pixels[0, :] / 2, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", BOTH_IMPLS)
+@pytest.mark.parametrize("h,w", NON_SQUARE)
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_location_gradient_follows_its_axis(fn, h, w, axis):
+    # A map increasing by 1 per pixel along one axis and constant along the other, sampled a
+    # quarter pixel past a pixel centre on both axes (interior: all 4 corners on the map).
+    # d out / d x = W * (value step per column), d out / d y = H * (value step per row).
+    i = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w)
+    j = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w)
+    pixels = (j if axis == "x" else i)[..., None].contiguous()  # (H, W, 1)
+    cells = [(a, b) for a in range(h - 1) for b in range(w - 1)]
+    points = [((b + 0.75) / w, (a + 0.75) / h) for a, b in cells]
+    out, (_, grad_loc, grad_attn) = sample_points(fn, pixels, points)
+    coord = torch.tensor([b if axis == "x" else a for a, b in cells], dtype=torch.float64)
+    torch.testing.assert_close(out[:, 0], coord + 0.25, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_attn.flatten(), coord + 0.25, rtol=0, atol=1e-12)
+    gx, gy = grad_loc[..., 0].flatten(), grad_loc[..., 1].flatten()
+    if axis == "x":
+        assert (gx > 0).all() and (gy == 0).all(), (gx, gy)
+        torch.testing.assert_close(gx, torch.full_like(gx, float(w)), rtol=0, atol=1e-12)
+    else:
+        assert (gy > 0).all() and (gx == 0).all(), (gx, gy)
+        torch.testing.assert_close(gy, torch.full_like(gy, float(h)), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
 # Input validation: Python messages first, then the C++ TORCH_CHECKs on direct op calls
 # ---------------------------------------------------------------------------------------------
 

@@ -108,3 +108,49 @@ def test_msdeformattn_autocast_keeps_locations_fp32(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         attn(value, ref, value, torch.tensor([[3, 4]]), torch.tensor([0]))
     assert seen == {"locations": torch.float32, "weights": torch.float32}
+
+
+def test_msdeformattn_encoder_reference_points_x_is_width_y_is_height(monkeypatch):
+    # Every pixel's centre, normalized, (x, y) with x along the width and y along the height, in
+    # the row-major order of the flattened maps. A 2 x 3 level (H = 2, W = 3) by hand:
+    # x in {1/6, 1/2, 5/6} (columns), y in {1/4, 3/4} (rows).
+    from glid.modeling.pixel_decoder import msdeformattn
+
+    level_2x3 = [
+        (1 / 6, 1 / 4), (1 / 2, 1 / 4), (5 / 6, 1 / 4),
+        (1 / 6, 3 / 4), (1 / 2, 3 / 4), (5 / 6, 3 / 4),
+    ]  # fmt: skip
+    level_1x2 = [(1 / 4, 1 / 2), (3 / 4, 1 / 2)]  # H = 1, W = 2
+    ref = msdeformattn.encoder_reference_points([(2, 3), (1, 2)], 2, "cpu")
+    assert ref.shape == (2, 6 + 2, 2, 2)  # (batch, S, levels, (x, y))
+    want = torch.tensor(level_2x3 + level_1x2)
+    for b in range(2):
+        for lvl in range(2):  # the same points are repeated for every level
+            torch.testing.assert_close(ref[b, :, lvl], want, rtol=0, atol=1e-7)
+
+    # The decoder itself passes these points for its non-square levels: a 64 x 96 image gives
+    # res5 / res4 / res3 maps of 2 x 3, 4 x 6 and 8 x 12 (H x W), low resolution first.
+    seen = {}
+    layer_forward = msdeformattn.MSDeformAttnEncoderLayer.forward
+
+    def spy(self, src, pos, reference_points, spatial_shapes, level_start_index):
+        seen.setdefault("ref", reference_points.detach().clone())
+        seen.setdefault("shapes", spatial_shapes.tolist())
+        return layer_forward(self, src, pos, reference_points, spatial_shapes, level_start_index)
+
+    monkeypatch.setattr(msdeformattn.MSDeformAttnEncoderLayer, "forward", spy)
+    cfg = make_tiny_cfg(
+        "MODEL.GLID.PIXEL_DECODER", "MSDeformAttn", "MODEL.GLID.MSDEFORMATTN.NUM_LAYERS", 1
+    )
+    backbone = build_backbone(cfg)
+    decoder = build_pixel_decoder(cfg, backbone.output_shape())
+    with torch.no_grad():
+        decoder(backbone(torch.randn(1, 3, 64, 96)))
+    assert seen["shapes"] == [[2, 3], [4, 6], [8, 12]]
+    ref = seen["ref"]
+    assert ref.shape == (1, 6 + 24 + 96, 3, 2)
+    torch.testing.assert_close(ref[0, :6, 0], torch.tensor(level_2x3), rtol=0, atol=1e-7)
+    # The 4 x 6 level: row 1, column 4 (index 1 * 6 + 4) is at x = 4.5 / 6, y = 1.5 / 4.
+    torch.testing.assert_close(ref[0, 6 + 10, 1], torch.tensor([4.5 / 6, 1.5 / 4]))
+    # The 8 x 12 level: row 7, column 0 (index 7 * 12) is at x = 0.5 / 12, y = 7.5 / 8.
+    torch.testing.assert_close(ref[0, 30 + 84, 2], torch.tensor([0.5 / 12, 7.5 / 8]))
