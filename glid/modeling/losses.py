@@ -2,7 +2,9 @@
 
 Mask classification (Mask2Former): :class:`SoftmaxClassLoss` (cross-entropy over C+1 classes,
 the no-object class down-weighted) and :class:`PointMaskLoss` (sigmoid BCE + dice on
-importance-sampled points of the matched masks).
+importance-sampled points of the matched masks). Detection (Deformable DETR):
+:class:`SigmoidFocalClassLoss` (sigmoid focal loss, no no-object class) and :class:`BoxLoss`
+(L1 + GIoU of the matched boxes).
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from .criterion import Indices, LossTerm
 from .point_sampling import sample_mask_points, sample_uncertain_points
 
-__all__ = ["PointMaskLoss", "SoftmaxClassLoss", "dice_loss", "sigmoid_ce_loss"]
+__all__ = [
+    "BoxLoss",
+    "PointMaskLoss",
+    "SigmoidFocalClassLoss",
+    "SoftmaxClassLoss",
+    "dice_loss",
+    "sigmoid_ce_loss",
+    "sigmoid_focal_loss",
+]
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -95,4 +106,81 @@ class PointMaskLoss(LossTerm):
         return {
             "loss_mask": sigmoid_ce_loss(pred_points, tgt_points, num_targets),
             "loss_dice": dice_loss(pred_points, tgt_points, num_targets),
+        }
+
+
+# ---- detection (Deformable DETR's losses) ----
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    num_boxes: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) of independent sigmoid classifiers, summed over every entry
+    and divided by ``num_boxes`` (Deformable DETR's normalization).
+
+    Per entry with p = sigmoid(logit), t the 0/1 target and p_t = p if t else 1 - p:
+    ``alpha_t (1 - p_t)^gamma BCE(logit, t)``, ``alpha_t = alpha`` if t else ``1 - alpha``
+    (``alpha < 0``: no weighting).
+
+    Args:
+        logits: (..., C) class logits.
+        targets: (..., C) 0/1 targets of the same shape.
+        num_boxes: normalizer (targets in the batch).
+    """
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum() / num_boxes
+
+
+class SigmoidFocalClassLoss(LossTerm):
+    """``loss_class``: :func:`sigmoid_focal_loss` of ``pred_logits`` (B, N, C) against one-hot
+    targets: each matched query's target class is 1, everything else 0 (no no-object class).
+
+    Args:
+        alpha, gamma: the focal loss's parameters (0.25, 2).
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def forward(
+        self, predictions: dict, targets: list[dict], indices: Indices, num_targets: float
+    ) -> dict[str, torch.Tensor]:
+        logits = predictions["pred_logits"].float()
+        onehot = torch.zeros_like(logits)
+        for b, (src, tgt) in enumerate(indices):
+            labels = targets[b]["labels"][tgt.to(logits.device)]
+            onehot[b, src.to(logits.device), labels] = 1.0
+        loss = sigmoid_focal_loss(logits, onehot, num_targets, self.alpha, self.gamma)
+        return {"loss_class": loss}
+
+
+class BoxLoss(LossTerm):
+    """``loss_bbox`` (L1) and ``loss_giou`` (1 - GIoU) between matched ``pred_boxes``
+    (B, N, 4) and target ``boxes`` (T, 4), normalized cxcywh; each summed over the matched
+    boxes and divided by the number of targets."""
+
+    def forward(
+        self, predictions: dict, targets: list[dict], indices: Indices, num_targets: float
+    ) -> dict[str, torch.Tensor]:
+        boxes = predictions["pred_boxes"]
+        pred = torch.cat([boxes[b][src] for b, (src, _) in enumerate(indices)]).float()
+        tgt = torch.cat([targets[b]["boxes"][t] for b, (_, t) in enumerate(indices)]).to(pred)
+        if pred.shape[0] == 0:  # no target in the batch: keep the graph, zero loss
+            zero = boxes.sum() * 0.0
+            return {"loss_bbox": zero, "loss_giou": zero}
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt)))
+        return {
+            "loss_bbox": F.l1_loss(pred, tgt, reduction="none").sum() / num_targets,
+            "loss_giou": (1 - giou).sum() / num_targets,
         }

@@ -2,8 +2,9 @@
 
 A cost term maps one image's predictions and targets to an (N, T) cost matrix, already
 weighted; the matcher adds its terms and solves the assignment. Mask classification uses
-:class:`SoftmaxClassCost` + :class:`PointMaskCost` (Mask2Former's costs); detection and pose add
-their own terms with the same call signature.
+:class:`SoftmaxClassCost` + :class:`PointMaskCost` (Mask2Former's costs); detection uses
+:class:`SigmoidFocalClassCost` + :class:`BoxL1Cost` + :class:`GIoUCost` (Deformable DETR's); pose
+adds its own terms with the same call signature.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from .point_sampling import sample_mask_points
 
 __all__ = [
+    "BoxL1Cost",
     "CostTerm",
+    "GIoUCost",
     "HungarianMatcher",
     "PointMaskCost",
+    "SigmoidFocalClassCost",
     "SoftmaxClassCost",
     "pairwise_dice",
     "pairwise_sigmoid_ce",
@@ -149,3 +154,50 @@ class HungarianMatcher(nn.Module):
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
         return indices
+
+
+# ---- detection (Deformable DETR's costs) ----
+
+
+class SigmoidFocalClassCost:
+    """``weight * (pos - neg)[:, target label]`` with Deformable DETR's focal costs on the
+    sigmoid probabilities p of ``pred_logits`` (B, N, C), no no-object class:
+    ``pos = alpha (1 - p)^gamma (-log p)``, ``neg = (1 - alpha) p^gamma (-log(1 - p))``."""
+
+    def __init__(self, weight: float, alpha: float = 0.25, gamma: float = 2.0):
+        self.weight = weight
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        prob = predictions["pred_logits"][b].float().sigmoid()[:, target["labels"]]
+        neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
+        pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+        return self.weight * (pos - neg)
+
+
+class BoxL1Cost:
+    """``weight * L1 distance`` between ``pred_boxes`` (B, N, 4) and target ``boxes`` (T, 4),
+    both normalized cxcywh."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        boxes = predictions["pred_boxes"][b].float()
+        return self.weight * torch.cdist(boxes, target["boxes"].to(boxes), p=1)
+
+
+class GIoUCost:
+    """``weight * -GIoU`` between ``pred_boxes`` (B, N, 4) and target ``boxes`` (T, 4), both
+    normalized cxcywh."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, predictions: dict, target: dict, b: int) -> torch.Tensor:
+        boxes = predictions["pred_boxes"][b].float()
+        giou = generalized_box_iou(
+            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target["boxes"].to(boxes))
+        )
+        return -self.weight * giou
