@@ -103,15 +103,24 @@ m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths(); m.create_mut
         >"$LOGS/generate.log" 2>&1
 fi
 
-# mutmut draws a progress line per mutant (\r-separated): keep every 25th, and every other line.
+# mutmut redraws a spinner line (\r-separated): keep every 25th progress count, drop the others.
 filter_progress() {
-    tr '\r' '\n' | awk '
-        /^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] Running stats/ || /Generating mutants/ { next }
-        /^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] [0-9]+\// {
-            split($2, a, "/"); if (a[1] % 25 == 0 && a[1] != last) { print; last = a[1]; fflush() }
-            next
-        }
-        NF { print; fflush() }'
+    $PY -u -c '
+import re, sys
+last = None
+for raw in sys.stdin.buffer:
+    for line in re.split(rb"[\r\n]", raw):
+        text = line.decode("utf-8", "replace").strip()
+        if not text:
+            continue
+        if "\u2800" <= text[0] <= "\u28ff":  # braille spinner
+            m = re.match(r"\S (\d+)/\d+ ", text)
+            if m and int(m.group(1)) % 25 == 0 and m.group(1) != last:
+                last = m.group(1)
+                print(text[2:])
+            continue
+        print(text)
+'
 }
 
 # Why a full pass of the suite failed under mutmut (usually a test that breaks with the
