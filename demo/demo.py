@@ -4,6 +4,8 @@
     python demo/demo.py --config-file configs/ade20k_sem_glid.yaml \
         --input photo.jpg more/*.jpg --output vis/ --opts MODEL.WEIGHTS model_final.pth
     python demo/demo.py --config-file ... --video-input clip.mp4 --output clip_vis.mp4 --opts ...
+    python demo/demo.py --config-file configs/coco_det_glid.yaml --input photo.jpg --output vis/ \
+        --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth   # boxes scoring >= 0.3
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="folder for image results, or the output video file"
     )
     parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="draw only instances (boxes, masks, keypoints) scoring at least this",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
     )
     return parser
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     logger = setup_logger(name="glid.demo")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give exactly one of --input and --video-input")
-    demo = VisualizationDemo(setup_cfg(args))
+    demo = VisualizationDemo(setup_cfg(args), score_threshold=args.confidence_threshold)
     written = []
     if args.input:
         os.makedirs(args.output, exist_ok=True)

@@ -13,6 +13,15 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 
+def keep_confident(predictions: dict, score_threshold: float) -> dict:
+    """``predictions`` with only the ``instances`` whose ``scores`` reach ``score_threshold``
+    (detection, instance segmentation, pose); other outputs unchanged."""
+    instances = predictions.get("instances")
+    if instances is None or not instances.has("scores"):
+        return predictions
+    return dict(predictions, instances=instances[instances.scores >= score_threshold])
+
+
 def draw_predictions(
     image_rgb: np.ndarray, predictions: dict, metadata, instance_mode=ColorMode.IMAGE
 ) -> VisImage:
@@ -36,16 +45,25 @@ def draw_predictions(
 class VisualizationDemo:
     """``DefaultPredictor`` (BGR input, resize, ``MODEL.WEIGHTS``) plus drawing."""
 
-    def __init__(self, cfg, instance_mode: ColorMode = ColorMode.IMAGE):
+    def __init__(
+        self, cfg, instance_mode: ColorMode = ColorMode.IMAGE, score_threshold: float = 0.0
+    ):
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(dataset)
         self.cpu_device = torch.device("cpu")
         self.instance_mode = instance_mode
+        self.score_threshold = score_threshold
         self.predictor = DefaultPredictor(cfg)
 
-    def run_on_image(self, image_bgr: np.ndarray) -> tuple[dict, VisImage]:
-        """Returns the model's predictions and the visualization of an (H, W, 3) BGR image."""
+    def predict(self, image_bgr: np.ndarray) -> dict:
+        """The model's predictions; ``instances`` scoring below ``score_threshold`` dropped."""
         predictions = self.predictor(image_bgr)
+        return keep_confident(predictions, self.score_threshold)
+
+    def run_on_image(self, image_bgr: np.ndarray) -> tuple[dict, VisImage]:
+        """Returns the (thresholded) predictions and the visualization of an (H, W, 3) BGR
+        image."""
+        predictions = self.predict(image_bgr)
         vis = draw_predictions(
             image_bgr[:, :, ::-1], predictions, self.metadata, self.instance_mode
         )
@@ -58,7 +76,7 @@ class VisualizationDemo:
             ok, frame = video.read()
             if not ok:
                 break
-            predictions = self.predictor(frame)
+            predictions = self.predict(frame)
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             if "instances" in predictions:
                 vis = video_visualizer.draw_instance_predictions(

@@ -127,3 +127,35 @@ def add_glid_config(cfg: CN) -> None:
     # PointRend importance sampling: candidates per point, share taken by uncertainty.
     cfg.MODEL.GLID.MASK_LOSS.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.GLID.MASK_LOSS.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # ---- detection (det): Deformable DETR's matcher, losses and DETR's augmentation ----
+    cfg.MODEL.GLID.DETECTION = CN()
+    # Loss weights, also the matching-cost weights (sigmoid focal class, L1 box, GIoU);
+    # Deformable DETR / DINO: 2, 5, 2.
+    cfg.MODEL.GLID.DETECTION.CLASS_WEIGHT = 2.0
+    cfg.MODEL.GLID.DETECTION.BBOX_WEIGHT = 5.0
+    cfg.MODEL.GLID.DETECTION.GIOU_WEIGHT = 2.0
+    # Focal loss / focal matching cost: alpha and gamma.
+    cfg.MODEL.GLID.DETECTION.FOCAL_ALPHA = 0.25
+    cfg.MODEL.GLID.DETECTION.FOCAL_GAMMA = 2.0
+    # Prior class probability pi at initialization (RetinaNet): the class logits get the constant
+    # offset log(pi / (1 - pi)), so a freshly initialized head starts near p = pi, not 0.5.
+    cfg.MODEL.GLID.DETECTION.CLASS_PRIOR_PROB = 0.01
+    # (w, h) of every query's reference box, normalized by the image size; its centre is the
+    # query's grid point. Boxes are refined from it: sigmoid(delta + inverse_sigmoid(reference)).
+    cfg.MODEL.GLID.DETECTION.BOX_SIZE_PRIOR = (0.1, 0.1)
+    # Detections per image at inference: top-k over all (query, class) sigmoid scores.
+    cfg.MODEL.GLID.DETECTION.TEST_TOPK = 100
+    # Training augmentation of the detection mapper: "DETR" (flip; multi-scale resize, or with
+    # probability INPUT.CROP.PROB resize to INPUT.CROP.RESIZE_BEFORE, crop INPUT.CROP, resize;
+    # INPUT.CROP.ENABLED False: resize only) or "LSJ" (flip, large-scale jitter INPUT.LSJ).
+    cfg.INPUT.DETECTION_AUGMENTATION = "DETR"
+    # DETR's crop branch: its probability and the shortest-edge sizes it resizes to first.
+    cfg.INPUT.CROP.PROB = 0.5
+    cfg.INPUT.CROP.RESIZE_BEFORE = (400, 500, 600)
+    # Large-scale jitter: resize to a random scale in [MIN_SCALE, MAX_SCALE] of an IMAGE_SIZE
+    # square, then crop at most IMAGE_SIZE x IMAGE_SIZE (the model pads, not the mapper).
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .base_mapper import GLIDDatasetMapper
 from .build import DATASET_MAPPER_REGISTRY, build_dataset_mapper, dataset_mapper_name
+from .detection_mapper import DetectionDatasetMapper
 from .semantic_mapper import SemanticSegmentationDatasetMapper
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
+    "DetectionDatasetMapper",
     "GLIDDatasetMapper",
     "SemanticSegmentationDatasetMapper",
     "build_dataset_mapper",

@@ -1,5 +1,10 @@
-"""Dataset registration; importing this package registers the GLID synthetic datasets."""
+"""Dataset registration; importing this package registers the GLID synthetic datasets and the
+COCO-format datasets named in ``$GLID_COCO_DATASETS`` (see :mod:`.register_coco_env`)."""
 
+from glid.data.datasets.register_coco_env import (
+    COCO_DATASETS_ENV,
+    register_coco_datasets_from_env,
+)
 from glid.data.datasets.register_synthetic import (
     load_depth_pairs,
     load_image_folder,
@@ -8,6 +13,8 @@ from glid.data.datasets.register_synthetic import (
 )
 
 __all__ = [
+    "COCO_DATASETS_ENV",
+    "register_coco_datasets_from_env",
     "load_depth_pairs",
     "load_image_folder",
     "register_all_synthetic",

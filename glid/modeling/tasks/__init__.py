@@ -2,12 +2,14 @@
 
 from .base import DecoderInputs, GLIDTask
 from .build import TASK_REGISTRY, build_task, build_task_head, get_task_class, register_task
+from .detection import DetectionTask
 from .mask_classification import MaskClassificationTask
 from .semantic import SemanticSegmentationTask
 
 __all__ = [
     "TASK_REGISTRY",
     "DecoderInputs",
+    "DetectionTask",
     "GLIDTask",
     "MaskClassificationTask",
     "SemanticSegmentationTask",
