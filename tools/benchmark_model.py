@@ -40,8 +40,8 @@ def machine() -> str:
 
 
 def make_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> list[dict]:
-    """``batch`` inputs with ``image`` (3, size, size) uint8 and ``instances`` (one mask per
-    class present), labels in 4x4 blocks of ``size // 4`` pixels."""
+    """``batch`` inputs with ``image`` (3, size, size) uint8 and ``instances`` (one mask and its
+    box per class present), labels in 4x4 blocks of ``size // 4`` pixels."""
     import torch
     from detectron2.structures import BitMasks, Instances
 
@@ -56,6 +56,7 @@ def make_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> list[d
         instances = Instances((size, size))
         instances.gt_classes = classes
         instances.gt_masks = BitMasks(labels[None] == classes[:, None, None])
+        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()  # detection's targets
         inputs.append({"image": image, "instances": instances, "height": size, "width": size})
     return inputs
 
