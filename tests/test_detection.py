@@ -262,6 +262,19 @@ def test_box_instances_drop_crowd_and_boxes_outside_crop():
     assert len(empty) == 0 and empty.gt_boxes.tensor.shape == (0, 4)
 
 
+def test_box_instances_follow_flip_and_resize():
+    annos = [_anno([10.0, 5.0, 30.0, 25.0], 1)]
+    flip = T.TransformList([T.HFlipTransform(100)])
+    torch.testing.assert_close(
+        box_instances(annos, flip, (50, 100)).gt_boxes.tensor, torch.tensor([[70.0, 5, 90, 25]])
+    )
+    resize = T.TransformList([T.ResizeTransform(50, 100, 100, 200)])
+    torch.testing.assert_close(
+        box_instances(annos, resize, (100, 200)).gt_boxes.tensor,
+        torch.tensor([[20.0, 10, 60, 50]]),
+    )
+
+
 def test_detr_and_lsj_augmentations(synth_root):
     cfg = tiny_task_cfg("det")
     augs = build_detection_augmentations(cfg)
