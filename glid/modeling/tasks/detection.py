@@ -8,7 +8,10 @@ decodes its box from the same reference through the same head (deep supervision)
 
 Training: Hungarian matching with sigmoid-focal class + L1 + GIoU costs; sigmoid focal, L1 and
 GIoU losses on every layer (weights ``MODEL.GLID.DETECTION``; Deformable DETR / DINO defaults).
-Target boxes are normalized by each input's unpadded size (``ImageList.image_sizes``).
+Target boxes are normalized by each input's unpadded size (``ImageList.image_sizes``), as in
+DETR. Unlike DETR, the decoder has no padding mask: its query grid and feature positions span
+the padded batch, so an image padded within a batch of larger ones must be recognised as such
+from its content (detectron2's aspect-ratio grouping keeps that padding small).
 Inference: top-k over the (query, class) scores, boxes back in absolute xyxy of the input, then
 rescaled to the original ``height`` x ``width`` (detectron2's ``detector_postprocess``).
 
