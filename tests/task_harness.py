@@ -50,7 +50,13 @@ def register_subset(dataset: str, count: int) -> str:
     name = f"{dataset}_first{count}"
     if name not in DatasetCatalog:
         DatasetCatalog.register(name, lambda: DatasetCatalog.get(dataset)[:count])
-        metadata = {k: v for k, v in MetadataCatalog.get(dataset).as_dict().items() if k != "name"}
+        # Not the full set's COCO json: COCOEvaluator would take its ground truth of every image
+        # (and cap the recall of a perfect model on the subset); without it, it converts the
+        # subset's own dicts.
+        skip = {"name", "json_file"}
+        metadata = {
+            k: v for k, v in MetadataCatalog.get(dataset).as_dict().items() if k not in skip
+        }
         MetadataCatalog.get(name).set(**metadata)
     return name
 
