@@ -2,7 +2,7 @@
 # Mutation testing with mutmut 3 (a dev habit, not part of CI).
 #
 #   bash tools/mutation_test.sh [-j JOBS] [-b BUDGET_MIN] [--fresh|--resume] [--report-only]
-#                               [MODULE ...]
+#                               [--at REV] [MODULE ...]
 #
 # MODULE: a folder or .py file under glid/, optionally `file.py::func1,Class.method` to mutate
 # only those functions, and `@K` to check a fixed sample of one mutant in K (e.g.
@@ -20,6 +20,9 @@
 # modules; --resume checks only those without a verdict yet (after a run stopped by the
 # budget). The work copy, the test map and the verdicts are kept in mutants/ (gitignored);
 # --fresh starts over (needed after tests were added or changed: mutmut only maps new tests).
+# --at REV runs on the committed tree of REV (git archive into output/mutation/snapshot/, with
+# this .venv and the built glid/_C*.so), so that uncommitted work in progress cannot break the
+# run; the report is copied back to output/mutation/.
 #
 # Report: output/mutation/report.md (per module: mutants, killed, survived, timeout, score %,
 # and every surviving mutant with file:line and its diff), summary.json, survivors.tsv, and one
@@ -31,6 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 JOBS=$(nproc 2>/dev/null || echo 2)
 BUDGET_MIN=${MUTATION_BUDGET_MIN:-60}
 FRESH=0
+AT=
 RESUME=0
 REPORT_ONLY=0
 MODULES=()
@@ -39,6 +43,7 @@ while (($#)); do
         -j | --jobs) JOBS=$2; shift 2 ;;
         -b | --budget) BUDGET_MIN=$2; shift 2 ;;
         --fresh) FRESH=1; shift ;;
+        --at) AT=$2; shift 2 ;;
         --resume) RESUME=1; shift ;;
         --report-only) REPORT_ONLY=1; shift ;;
         -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -76,6 +81,35 @@ MUTMUT=.venv/bin/mutmut
 report() {
     $PY tools/mutation_report.py --out "$OUT" --timing "$TIMING" "${MODULES[@]}"
 }
+if [[ -n $AT ]]; then
+    # Re-run this script in a snapshot of REV (with this script, its report tool and the mutmut
+    # config of the working tree), then bring the report back.
+    snap=$OUT/snapshot
+    rev=$(git rev-parse --verify "$AT^{commit}")
+    if [[ ! -f $snap/.rev || $(cat "$snap/.rev") != "$rev" ]]; then
+        rm -rf "$snap"
+        mkdir -p "$snap"
+        git archive "$rev" | tar -x -C "$snap"
+        echo "$rev" >"$snap/.rev"
+    fi
+    ln -sfn "$PWD/.venv" "$snap/.venv"
+    cp -p glid/_C*.so "$snap/glid/" 2>/dev/null || true
+    cp tools/mutation_test.sh tools/mutation_report.py "$snap/tools/"
+    cp pyproject.toml "$snap/"
+    args=(-j "$JOBS" -b "$BUDGET_MIN")
+    ((FRESH)) && args+=(--fresh)
+    ((RESUME)) && args+=(--resume)
+    ((REPORT_ONLY)) && args+=(--report-only)
+    set +e
+    (cd "$snap" && bash tools/mutation_test.sh "${args[@]}" "${MODULES[@]}")
+    rc=$?
+    set -e
+    mkdir -p "$OUT"
+    cp -r "$snap/$OUT/." "$OUT/" 2>/dev/null || true
+    echo "[mutation] ran at $rev; report copied to $OUT/report.md (locations are of that commit)"
+    exit $rc
+fi
+
 if ((REPORT_ONLY)); then
     report
     exit
