@@ -242,3 +242,35 @@ def test_bad_image_shape_names_the_file(tiny_cfg):
     model = build_model(tiny_cfg).eval()
     with pytest.raises(ValueError, match="bad.png"):
         model([{"image": torch.zeros(1, 32, 32), "file_name": "bad.png"}])
+
+
+@pytest.mark.parametrize("mask_attention", [True, False])
+def test_inference_predicts_only_what_it_needs(monkeypatch, mask_attention):
+    """Training predicts every layer once; inference only the last one, plus the earlier ones
+    that masked attention needs for its masks."""
+    cfg = make_tiny_cfg("MODEL.GLID.DECODER.MASK_ATTENTION", str(mask_attention))
+    model = build_model(cfg)
+    calls = []
+    predictions = type(model.task).predictions
+
+    def counting(self, *args):
+        calls.append(1)
+        return predictions(self, *args)
+
+    monkeypatch.setattr(type(model.task), "predictions", counting)
+    num_layers = cfg.MODEL.GLID.DECODER.NUM_LAYERS
+    model.train()
+    model(_sem_inputs(1))
+    assert len(calls) == num_layers
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model([{"image": torch.zeros(3, 64, 64)}])
+    assert len(calls) == (num_layers if mask_attention else 1)
+
+
+def test_learnable_query_positions_from_config():
+    model = build_model(make_tiny_cfg("MODEL.GLID.LEARNABLE_QUERY_POSITIONS", "True"))
+    params = dict(model.named_parameters())
+    assert "queries.grid_points" in params and params["queries.grid_points"].requires_grad
+    assert "queries.grid_points" not in dict(build_model(make_tiny_cfg()).named_parameters())

@@ -73,3 +73,15 @@ def test_semantic_head_split_and_class_count_in_one_place():
     task = SemanticSegmentationTask(cfg)
     assert task.criterion.loss_terms[0].num_classes == 5
     assert math.isclose(task.criterion.loss_terms[0].class_weights[-1].item(), 0.1, rel_tol=1e-6)
+
+
+def test_register_task_checks_the_class():
+    from glid.modeling.tasks import TASK_REGISTRY, GLIDTask, register_task
+
+    with pytest.raises(ValueError, match="unknown task"):
+        register_task("nosuchtask")
+    with pytest.raises(TypeError, match="not a GLIDTask"):
+        register_task("cls")(type("NotATask", (), {"dataset_mapper": "X"}))
+    with pytest.raises(TypeError, match="dataset_mapper"):
+        register_task("cls")(type("NoMapperTask", (GLIDTask,), {}))
+    assert "NoMapperTask" not in TASK_REGISTRY and "NotATask" not in TASK_REGISTRY
