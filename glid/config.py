@@ -21,10 +21,34 @@ def add_glid_config(cfg: CN) -> None:
     # task's default (GLIDTask.dataset_mapper). The ignore label of label maps is the dataset's
     # metadata `ignore_label` (detectron2's convention), not a config key.
     cfg.INPUT.DATASET_MAPPER_NAME = ""
+    # Deterministic share of every training set that is used (Tab. 4: 0.1, 0.2, 0.5, 1.0). The
+    # subsets are nested (a smaller fraction's images are in every larger one) and fixed by
+    # TRAIN_FRACTION_SEED, not by SEED, so runs with different seeds see the same images.
+    cfg.DATASETS.TRAIN_FRACTION = 1.0
+    cfg.DATASETS.TRAIN_FRACTION_SEED = 0
+
+    # ---- image-level tasks (mim, cls): ImageFolder data, RandomResizedCrop ----
+    # Output side, area range and aspect-ratio range of the training RandomResizedCrop + flip;
+    # at test time: resize the short side to SIZE / TEST_CROP_RATIO, centre crop SIZE.
+    cfg.INPUT.RANDOM_RESIZED_CROP = CN()
+    cfg.INPUT.RANDOM_RESIZED_CROP.SIZE = 224
+    cfg.INPUT.RANDOM_RESIZED_CROP.SCALE = (0.08, 1.0)
+    cfg.INPUT.RANDOM_RESIZED_CROP.RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    cfg.INPUT.RANDOM_RESIZED_CROP.TEST_CROP_RATIO = 0.875
+    # timm RandAugment policy for classification fine-tuning ("" = off), e.g.
+    # "rand-m9-mstd0.5-inc1" (MAE / DeiT).
+    cfg.INPUT.RAND_AUGMENT = ""
 
     # ---- solver ----
     # "ADAMW" (every recipe of Tab. 5-9) or "SGD" (detectron2's MOMENTUM / NESTEROV).
+    # "LARS" (ImageNet linear probing, MAE protocol; momentum SOLVER.MOMENTUM).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # LARS trust coefficient: each weight's step is scaled by coef * ||w|| / ||update||.
+    cfg.SOLVER.LARS_TRUST_COEFFICIENT = 0.001
+    # Layer-wise lr decay (BEiT / MAE fine-tuning; Tab. 8: 0.8): encoder block i of L gets
+    # lr x LAYER_DECAY^(L + 1 - i), the patch embedding LAYER_DECAY^(L + 1); everything after
+    # the encoder gets the full lr. 1.0 = off (then BACKBONE_MULTIPLIER applies).
+    cfg.SOLVER.LAYER_DECAY = 1.0
     # AdamW betas (Tab. 5 pre-training: (0.9, 0.95)).
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # lr of the encoder = BASE_LR * BACKBONE_MULTIPLIER (Tab. 6-7: 1e-5 / 1e-4).
@@ -111,6 +135,14 @@ def add_glid_config(cfg: CN) -> None:
     # classification); other tasks ignore it.
     cfg.MODEL.GLID.DECODER.MASK_ATTENTION = True
 
+    # What MODEL.WEIGHTS holds when it is not a checkpoint of this very model (fine-tuning):
+    # "model": a GLID checkpoint (pre-training or another task): every parameter except the
+    # task's linear head must load, the head must be new; "encoder": an encoder-only
+    # checkpoint (converted Swin / SimMIM, encoder-only MIM): every `backbone.swin.*`
+    # parameter must load, the rest starts from scratch. --resume and --eval-only always
+    # require every parameter.
+    cfg.MODEL.GLID.WEIGHTS_SCOPE = "model"
+
     # Losses on every decoder layer's predictions (auxiliary losses), for every task.
     cfg.MODEL.GLID.DEEP_SUPERVISION = True
 
@@ -159,3 +191,36 @@ def add_glid_config(cfg: CN) -> None:
     cfg.INPUT.LSJ.IMAGE_SIZE = 1024
     cfg.INPUT.LSJ.MIN_SCALE = 0.1
     cfg.INPUT.LSJ.MAX_SCALE = 2.0
+
+    # ---- masked image modeling (mim): pre-training ----
+    cfg.MODEL.GLID.MIM = CN()
+    # Side of a masking unit in pixels (its pixels are one query's answer: 3 x UNIT^2 values)
+    # and the share of units masked per image (SimMIM's 0.6 at 32x32 units; the paper gives
+    # no ratio).
+    cfg.MODEL.GLID.MIM.UNIT_SIZE = 32
+    cfg.MODEL.GLID.MIM.MASK_RATIO = 0.6
+    # Regress each unit's pixels normalized by the unit's own mean and std (MAE's norm_pix).
+    cfg.MODEL.GLID.MIM.NORM_PIX_LOSS = True
+    # True: GLID (encoder + decoder, one query per masked unit). False: the encoder-only
+    # SimMIM-style baseline of Tab. 4 (the linear head reads the stride-32 encoder features).
+    cfg.MODEL.GLID.MIM.USE_DECODER = True
+    # Xavier-uniform initialization of the Linear layers of the Transformer blocks (Tab. 5,
+    # as in ViT / MAE), applied when the model is built for pre-training.
+    cfg.MODEL.GLID.MIM.XAVIER_INIT = True
+    # Reconstructions written as images by the evaluator (first images of the test set).
+    cfg.MODEL.GLID.MIM.NUM_VISUALIZATIONS = 8
+
+    # ---- image classification (cls): ImageNet, Tab. 1 ----
+    cfg.MODEL.GLID.CLASSIFICATION = CN()
+    # "encoder": pooled stride-32 encoder features (Tab. 1 setting 1); "cls_query": the
+    # decoder's [CLS] output (setting 2).
+    cfg.MODEL.GLID.CLASSIFICATION.FEATURES = "cls_query"
+    # Linear probing (MAE protocol): everything but the head is frozen and a parameter-free
+    # BatchNorm normalizes the head's input.
+    cfg.MODEL.GLID.CLASSIFICATION.LINEAR_PROBE = False
+    # Fine-tuning regularization (timm): mixup / cutmix alphas (0 = off), the probability of
+    # applying either per batch, and label smoothing.
+    cfg.MODEL.GLID.CLASSIFICATION.MIXUP = 0.0
+    cfg.MODEL.GLID.CLASSIFICATION.CUTMIX = 0.0
+    cfg.MODEL.GLID.CLASSIFICATION.MIX_PROB = 1.0
+    cfg.MODEL.GLID.CLASSIFICATION.LABEL_SMOOTHING = 0.0
