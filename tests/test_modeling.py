@@ -173,8 +173,11 @@ def test_linear_task_head_splits():
     assert isinstance(head, torch.nn.Linear) and head.out_features == 8
     parts = head.split(torch.randn(2, 4, 8))
     assert parts["pred_logits"].shape == (2, 4, 3) and parts["mask_embed"].shape == (2, 4, 5)
-    with pytest.raises(ValueError):
+    assert LinearTaskHead(8, {"a": 1, "b": 1}).out_features == 2  # size 1 is a size
+    with pytest.raises(ValueError, match=r"head splits must be positive sizes, got \{'a': 0\}"):
         LinearTaskHead(8, {"a": 0})
+    with pytest.raises(ValueError, match=r"got \{\}"):
+        LinearTaskHead(8, {})
 
 
 def _sem_inputs(n, size=(64, 64), num_classes=9):

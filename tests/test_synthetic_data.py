@@ -137,10 +137,15 @@ def test_default_root_follows_detectron2_datasets(monkeypatch, tmp_path: Path) -
 
 
 def test_invalid_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one image per split, got num_train=0"):
         generate_synthetic_dataset(str(tmp_path), num_train=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_val=0"):
+        generate_synthetic_dataset(str(tmp_path), num_val=0)
+    with pytest.raises(ValueError, match=r"at least 32x32, got \(16, 64\)"):
         generate_synthetic_dataset(str(tmp_path), image_size=(16, 64))
+    with pytest.raises(ValueError, match=r"got \(64, 31\)"):
+        generate_synthetic_dataset(str(tmp_path), image_size=(64, 31))
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_polygons_reproduce_masks() -> None:
