@@ -1,0 +1,219 @@
+"""Every registered synthetic split of every task, loaded from the generated data: record counts,
+required keys and metadata; and a pin of a small generated dataset (mutation-test gaps,
+issue 13)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from glid.data import (
+    COCO_PERSON_KEYPOINT_NAMES,
+    SYNTH_SEM_SEG_CLASSES,
+    SYNTH_THING_CLASSES,
+)
+from glid.data.datasets.register_synthetic import DEPTH_METADATA, synthetic_dataset_names
+from glid.data.datasets.synthetic_meta import SYNTH_STUFF_COLORS, SYNTH_THING_COLORS
+from tests.task_harness import TEST_PREFIX
+
+# The ``synth_root`` fixture (tests/conftest.py): 8 train and 4 val images of 128 x 128.
+COUNTS = {"train": 8, "val": 4}
+HW = (128, 128)
+TASKS = ("sem_seg", "instances", "panoptic", "keypoints", "depth", "cls")
+ALL_COLORS = [list(c) for c in SYNTH_THING_COLORS + SYNTH_STUFF_COLORS]
+THING_IDS = {1: 0, 2: 1, 3: 2, 5: 3, 7: 4, 9: 5}
+STUFF_IDS = {12: 6, 15: 7, 20: 8}
+FLIP_MAP = [
+    ("left_eye", "right_eye"), ("left_ear", "right_ear"), ("left_shoulder", "right_shoulder"),
+    ("left_elbow", "right_elbow"), ("left_wrist", "right_wrist"), ("left_hip", "right_hip"),
+    ("left_knee", "right_knee"), ("left_ankle", "right_ankle"),
+]  # fmt: skip
+
+
+def test_dataset_names():
+    assert synthetic_dataset_names("p") == [f"p_{t}_{s}" for t in TASKS for s in ("train", "val")]
+    assert len(synthetic_dataset_names()) == 12
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _check_sem_seg(dicts, d, split, meta):
+    for r in dicts:
+        assert set(r) == {"file_name", "sem_seg_file_name"}
+        assert r["file_name"].startswith(os.path.join(d, "images", split) + os.sep)
+        assert r["sem_seg_file_name"].startswith(os.path.join(d, "sem_seg", split) + os.sep)
+        assert _stem(r["file_name"]) == _stem(r["sem_seg_file_name"])
+    assert meta.stuff_classes == list(SYNTH_SEM_SEG_CLASSES) and meta.stuff_colors == ALL_COLORS
+    assert meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+    assert meta.image_root == os.path.join(d, "images", split)
+    assert meta.sem_seg_root == os.path.join(d, "sem_seg", split)
+
+
+def _check_annotated(dicts, images, classes):
+    for r in dicts:
+        assert {"file_name", "height", "width", "image_id", "annotations"} <= set(r)
+        assert r["file_name"].startswith(images + os.sep) and (r["height"], r["width"]) == HW
+        for a in r["annotations"]:
+            assert a["bbox_mode"] == BoxMode.XYWH_ABS and len(a["bbox"]) == 4
+            assert a["iscrowd"] == 0 and 0 <= a["category_id"] < classes
+            assert a["segmentation"]
+    assert sorted(r["image_id"] for r in dicts) == list(range(1, len(dicts) + 1))
+    assert sum(len(r["annotations"]) for r in dicts) >= len(dicts)
+
+
+def _check_instances(dicts, d, split, meta):
+    _check_annotated(dicts, os.path.join(d, "images", split), len(SYNTH_THING_CLASSES))
+    assert meta.evaluator_type == "coco"
+    assert meta.thing_classes == list(SYNTH_THING_CLASSES)
+    assert meta.thing_colors == [list(c) for c in SYNTH_THING_COLORS]
+    assert meta.thing_dataset_id_to_contiguous_id == THING_IDS
+    assert meta.json_file == os.path.join(d, "annotations", f"instances_{split}.json")
+    assert meta.image_root == os.path.join(d, "images", split)
+
+
+def _check_panoptic(dicts, d, split, meta):
+    for r in dicts:
+        assert {"file_name", "image_id", "pan_seg_file_name", "segments_info"} <= set(r)
+        assert r["pan_seg_file_name"].startswith(os.path.join(d, f"panoptic_{split}") + os.sep)
+        assert _stem(r["file_name"]) == _stem(r["pan_seg_file_name"])
+        assert r["segments_info"]
+        for s in r["segments_info"]:
+            assert {"id", "category_id", "isthing", "iscrowd", "bbox", "area"} <= set(s)
+            assert 0 <= s["category_id"] < len(SYNTH_SEM_SEG_CLASSES)
+            assert s["isthing"] == (s["category_id"] < len(SYNTH_THING_CLASSES))
+    assert meta.evaluator_type == "coco_panoptic_seg"
+    assert meta.ignore_label == 255 and meta.label_divisor == 1000
+    assert meta.thing_classes == meta.stuff_classes == list(SYNTH_SEM_SEG_CLASSES)
+    assert meta.thing_colors == meta.stuff_colors == ALL_COLORS
+    assert meta.thing_dataset_id_to_contiguous_id == THING_IDS
+    assert meta.stuff_dataset_id_to_contiguous_id == STUFF_IDS
+    assert meta.panoptic_root == os.path.join(d, f"panoptic_{split}")
+    assert meta.panoptic_json == os.path.join(d, "annotations", f"panoptic_{split}.json")
+    assert meta.json_file == os.path.join(d, "annotations", f"instances_{split}.json")
+    assert meta.image_root == os.path.join(d, "images", split)
+
+
+def _check_keypoints(dicts, d, split, meta):
+    _check_annotated(dicts, os.path.join(d, "keypoint_images", split), 1)
+    for r in dicts:
+        for a in r["annotations"]:
+            assert len(a["keypoints"]) == 3 * 17
+    assert meta.evaluator_type == "coco" and meta.thing_classes == ["person"]
+    assert meta.thing_colors == [[220, 20, 60]]
+    assert meta.keypoint_names == list(COCO_PERSON_KEYPOINT_NAMES)
+    assert meta.keypoint_flip_map == FLIP_MAP
+    rules = meta.keypoint_connection_rules
+    assert len(rules) == 19 and rules[0] == ("left_ankle", "left_knee", (255, 128, 0))
+    assert ("nose", "left_eye", (255, 128, 0)) in rules  # COCO's (1, 2), 1-based
+    assert meta.json_file == os.path.join(d, "annotations", f"person_keypoints_{split}.json")
+
+
+def _check_depth(dicts, d, split, meta):
+    for i, r in enumerate(dicts):
+        assert set(r) == {"file_name", "depth_file_name", "height", "width", "image_id"} | {
+            "focal_length"
+        }
+        assert r["image_id"] == i and (r["height"], r["width"]) == HW
+        assert r["file_name"].startswith(os.path.join(d, "depth", split) + os.sep)
+        assert r["file_name"].endswith("_rgb.jpg") and r["depth_file_name"].endswith("_depth.png")
+        assert r["focal_length"] > 0
+    assert meta.evaluator_type == "depth"
+    assert meta.split_file == os.path.join(d, "depth", f"{split}.txt")
+    assert (meta.depth_scale, meta.min_depth, meta.max_depth) == (1000.0, 1e-3, 10.0)
+    assert DEPTH_METADATA == {"depth_scale": 1000.0, "min_depth": 1e-3, "max_depth": 10.0}
+
+
+def _check_cls(dicts, d, split, meta):
+    root = os.path.join(d, "classification", split)
+    for i, r in enumerate(dicts):
+        assert set(r) == {"file_name", "class_id", "image_id", "height", "width"}
+        assert r["image_id"] == i and (r["height"], r["width"]) == HW
+        class_dir = os.path.dirname(r["file_name"])
+        assert os.path.dirname(class_dir) == root
+        assert os.path.basename(class_dir) == SYNTH_THING_CLASSES[r["class_id"]]
+    assert meta.evaluator_type == "classification" and meta.image_root == root
+    assert meta.classes == list(SYNTH_THING_CLASSES)
+
+
+CHECKS = {
+    "sem_seg": _check_sem_seg,
+    "instances": _check_instances,
+    "panoptic": _check_panoptic,
+    "keypoints": _check_keypoints,
+    "depth": _check_depth,
+    "cls": _check_cls,
+}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("task", TASKS)
+def test_every_registered_split_loads(synth_root, task, split):
+    name = f"{TEST_PREFIX}_{task}_{split}"
+    d = os.path.join(synth_root, "glid_synth")
+    dicts = DatasetCatalog.get(name)
+    assert len(dicts) == COUNTS[split], name
+    assert all(os.path.isfile(r["file_name"]) for r in dicts)
+    for key in ("sem_seg_file_name", "pan_seg_file_name", "depth_file_name"):
+        assert all(os.path.isfile(r[key]) for r in dicts if key in r)
+    assert len({r["file_name"] for r in dicts}) == len(dicts)
+    CHECKS[task](dicts, d, split, MetadataCatalog.get(name))
+
+
+# ----------------------------------------------------------------------------------------------
+# A pin of the generated data
+# ----------------------------------------------------------------------------------------------
+
+# sha256 of generate_synthetic_dataset(tmp, seed=0, num_train=2, num_val=1, image_size=(64, 64)):
+# every file's relative path, then its content — the bytes of JSON and text files, the decoded
+# pixels (dtype, shape, values) of PNGs and, separately, of JPEGs (so neither depends on the
+# encoder's compression, and a new JPEG library shows as a JPEG-only change). When the generator
+# changes on purpose (bump FORMAT_VERSION then), print the two values with
+#   .venv/bin/python -c "import tests.test_synthetic_registration as t; print(t.digests())"
+# and paste them here.
+PINNED_LOSSLESS = "e5feda63e82c1febfe52abe726cce1beb829eacb87698d32127196737e15c391"
+PINNED_JPEG_PIXELS = "1cf0fd5e355228ff0d48d8209017e96717855a13e85465fcd3a32aa408db6f31"
+
+
+def _pixels(path: str) -> bytes:
+    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert array is not None, path
+    return f"{array.dtype}{array.shape}".encode() + np.ascontiguousarray(array).tobytes()
+
+
+def digests(root: str | None = None) -> tuple[str, str]:
+    """The two sha256 digests of the small generated dataset (generated under ``root``)."""
+    import tempfile
+
+    from glid.data.synthetic import generate_synthetic_dataset
+
+    root = tempfile.mkdtemp() if root is None else root
+    out = generate_synthetic_dataset(root, seed=0, num_train=2, num_val=1, image_size=(64, 64))
+    lossless, jpeg = hashlib.sha256(), hashlib.sha256()
+    paths = sorted(
+        os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files
+    )
+    for rel in paths:
+        path = os.path.join(out, rel)
+        h = jpeg if rel.endswith(".jpg") else lossless
+        h.update(rel.replace(os.sep, "/").encode() + b"\0")
+        if rel.endswith((".png", ".jpg")):
+            h.update(_pixels(path))
+        else:
+            assert rel.endswith((".json", ".txt")), rel
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return lossless.hexdigest(), jpeg.hexdigest()
+
+
+def test_generated_data_is_pinned(tmp_path):
+    lossless, jpeg = digests(str(tmp_path))
+    assert lossless == PINNED_LOSSLESS, "generated labels / annotations changed (see comment)"
+    assert jpeg == PINNED_JPEG_PIXELS, "generated images changed (see comment)"
