@@ -16,7 +16,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
@@ -34,6 +33,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import glid
+from glid.checkpoint import GLIDCheckpointer
 from glid.data.dataset_mappers import build_dataset_mapper
 from glid.engine import build_lr_scheduler, build_optimizer
 from glid.evaluation import build_evaluator
@@ -56,8 +56,10 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        # GLID's loading rules: --resume must find every parameter; MODEL.WEIGHTS may leave
+        # exactly the task's own parameters new (glid.checkpoint).
+        self.checkpointer = GLIDCheckpointer.from_config(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -115,7 +117,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # Every parameter must load: numbers are never reported for a model that was not.
+        GLIDCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR, require_all=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -53,10 +53,25 @@ class GLID(nn.Module):
         # but are frozen, so the optimizer and DDP see no unused trainable parameter.
         self.backbone.mask_token.requires_grad_(task.uses_mask_token)
         self.queries.cls_query.requires_grad_(task.uses_cls_query)
+        if not task.uses_mask_features:
+            for module in self.pixel_decoder.mask_branch():
+                module.requires_grad_(False)
+            for name in self.pixel_decoder.mask_branch_inputs:
+                self.backbone.output_norms[name].requires_grad_(False)
+        if not task.uses_decoder:
+            for module in (self.pixel_decoder, self.decoder, self.queries):
+                module.requires_grad_(False)
+            for name, norm in self.backbone.output_norms.items():
+                norm.requires_grad_(name == "res5")
+        if task.trains_head_only:
+            for name, module in self.named_children():
+                if name != "head":
+                    module.requires_grad_(False)
         self.register_buffer(
             "pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False
         )
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        task.initialize(self)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -103,10 +118,16 @@ class GLID(nn.Module):
         self, batched_inputs: list[dict], images: ImageList, all_layers: bool = True
     ) -> list[dict]:
         """The task's predictions per decoder layer (last layer last), or only the last layer's
-        when ``all_layers`` is False; each layer's head output is computed once."""
+        when ``all_layers`` is False; each layer's head output is computed once. An
+        encoder-only task gets one entry, from the encoder's features."""
         inputs = self.task.decoder_inputs(batched_inputs, images)
         features = self.backbone(images.tensor, mask=inputs.encoder_mask)
-        mask_features, multi_scale = self.pixel_decoder(features)
+        if not self.task.uses_decoder:
+            answers = self.head.split(self.task.encoder_head_input(features, inputs))
+            return [self.task.predictions(answers, None, inputs.query_points)]
+        mask_features, multi_scale = self.pixel_decoder(
+            features, with_mask_features=self.task.uses_mask_features
+        )
         batch_size = images.tensor.shape[0]
         points = inputs.query_points
         if points is None:
@@ -114,7 +135,8 @@ class GLID(nn.Module):
         content, position = self.queries(batch_size, points=points, with_cls=inputs.with_cls)
 
         def predict(hidden: torch.Tensor, mask_size: tuple[int, int] | None):
-            predictions = self.task.predictions(self.head.split(hidden), mask_features, points)
+            answers = self.head.split(self.task.decoder_head_input(hidden))
+            predictions = self.task.predictions(answers, mask_features, points)
             blocked = None
             if mask_size is not None:
                 blocked = self.task.attention_mask(predictions, mask_size)
@@ -134,6 +156,7 @@ class GLID(nn.Module):
         results (``sem_seg``, ``instances``, ``panoptic_seg``, ``depth``, ``classification``)."""
         images = self.preprocess_image(batched_inputs)
         if self.training:
+            images, batched_inputs = self.task.prepare_batch(images, batched_inputs)
             layer_predictions = self.forward_outputs(batched_inputs, images)
             return self.task.losses(layer_predictions, batched_inputs, images)
         last = self.forward_outputs(batched_inputs, images, all_layers=False)[-1]

@@ -163,9 +163,20 @@ class BiFPNPixelDecoder(nn.Module):
             "fusion_eps": g.BIFPN.FUSION_EPS,
         }
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns ``(mask_features (B, E, H/4, W/4), [s32, s16, s8] each (B, D, h, w))``."""
+    # Encoder outputs that only the mask branch reads (none: res2 enters the fusion).
+    mask_branch_inputs = ()
+
+    def mask_branch(self) -> list[nn.Module]:
+        """The modules that only compute the per-pixel embedding map."""
+        return [self.mask_features]
+
+    def forward(
+        self, features: dict[str, torch.Tensor], with_mask_features: bool = True
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Returns ``(mask_features (B, E, H/4, W/4) or None when not wanted, [s32, s16, s8]
+        each (B, D, h, w))``."""
         feats = [proj(features[n]) for proj, n in zip(self.input_proj, IN_FEATURES)]
         for layer in self.layers:
             feats = layer(feats)
-        return self.mask_features(feats[0]), feats[:0:-1]
+        mask_features = self.mask_features(feats[0]) if with_mask_features else None
+        return mask_features, feats[:0:-1]

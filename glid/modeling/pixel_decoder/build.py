@@ -11,8 +11,11 @@ PIXEL_DECODER_REGISTRY.__doc__ = """
 Pixel decoders turn the encoder's ``res2..res5`` into
 (1) multi-scale features at strides 32/16/8 (``HIDDEN_DIM`` channels, low resolution first) that
 the transformer decoder reads, and (2) the per-pixel embedding map at stride 4 (``MASK_DIM``).
-A registered class is built as ``cls(cfg, input_shape)`` and returns
-``(mask_features, [s32, s16, s8])`` from ``forward(features)``.
+A registered class is built as ``cls(cfg, input_shape)``, returns
+``(mask_features, [s32, s16, s8])`` from ``forward(features, with_mask_features=True)``
+(``mask_features`` is ``None`` when not wanted) and lists the modules that only serve the
+per-pixel map in ``mask_branch()`` and the encoder outputs only they read in
+``mask_branch_inputs`` (both frozen for tasks that do not read the map).
 """
 
 

@@ -239,8 +239,18 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "norm": m.NORM,
         }
 
-    def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns ``(mask_features (B, E, H/4, W/4), [s32, s16, s8] each (B, D, h, w))``."""
+    # Encoder outputs that only the mask branch reads.
+    mask_branch_inputs = ("res2",)
+
+    def mask_branch(self) -> list[nn.Module]:
+        """The modules that only compute the per-pixel embedding map (the FPN step to res2)."""
+        return [self.lateral_conv, self.output_conv, self.mask_features]
+
+    def forward(
+        self, features: dict[str, torch.Tensor], with_mask_features: bool = True
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Returns ``(mask_features (B, E, H/4, W/4) or None when not wanted, [s32, s16, s8]
+        each (B, D, h, w))``."""
         srcs, pos, shapes = [], [], []
         for i, (name, proj) in enumerate(zip(self.transformer_in_features, self.input_proj)):
             x = proj(features[name])
@@ -261,6 +271,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             y.transpose(1, 2).reshape(src.shape[0], -1, h, w)
             for y, (h, w) in zip(src.split([h * w for h, w in shapes], dim=1), shapes)
         ]
+        if not with_mask_features:
+            return None, multi_scale
         lateral = self.lateral_conv(features["res2"])
         y = lateral + F.interpolate(
             multi_scale[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False

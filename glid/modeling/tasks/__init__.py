@@ -2,16 +2,20 @@
 
 from .base import DecoderInputs, GLIDTask
 from .build import TASK_REGISTRY, build_task, build_task_head, get_task_class, register_task
+from .classification import ClassificationTask
 from .detection import DetectionTask
 from .mask_classification import MaskClassificationTask
+from .mim import MaskedImageModelingTask
 from .semantic import SemanticSegmentationTask
 
 __all__ = [
     "TASK_REGISTRY",
+    "ClassificationTask",
     "DecoderInputs",
     "DetectionTask",
     "GLIDTask",
     "MaskClassificationTask",
+    "MaskedImageModelingTask",
     "SemanticSegmentationTask",
     "build_task",
     "build_task_head",

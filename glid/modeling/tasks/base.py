@@ -11,7 +11,11 @@ queries, transformer decoder and one ``nn.Linear``. A task says
   masked attention, the next layer's attention mask (:meth:`GLIDTask.attention_mask`);
 * its losses over the predictions of every decoder layer (:meth:`GLIDTask.losses`);
 * its inference into detectron2's per-image output fields (:meth:`GLIDTask.inference`);
-* the dataset mapper it reads data with by default (:attr:`GLIDTask.dataset_mapper`).
+* the dataset mapper it reads data with by default (:attr:`GLIDTask.dataset_mapper`);
+* optionally: which parts of the model it runs and trains (:attr:`GLIDTask.uses_decoder`,
+  :attr:`GLIDTask.trains_head_only`, :meth:`GLIDTask.head_in_features`), a training-batch
+  transform (:meth:`GLIDTask.prepare_batch`, e.g. mixup) and an initialization of the model it
+  is built into (:meth:`GLIDTask.initialize`, e.g. pre-training's xavier init).
 
 A new task is one subclass registered with :func:`glid.modeling.tasks.register_task`.
 """
@@ -61,11 +65,50 @@ class GLIDTask(nn.Module):
     dataset_mapper: ClassVar[str]  # default INPUT.DATASET_MAPPER_NAME
     uses_mask_token: ClassVar[bool] = False
     uses_cls_query: ClassVar[bool] = False
+    # Whether predictions() reads the pixel decoder's per-pixel embedding map; if not, it is
+    # not computed and its branch is frozen.
+    uses_mask_features: ClassVar[bool] = True
+    # The evaluator (glid.evaluation.EVALUATOR_REGISTRY) of the task's results; None: the one
+    # of the test dataset's `evaluator_type` (pre-training scores itself on any image set).
+    evaluator_type: ClassVar[str | None] = None
+    # Instance-level (they may depend on the config): an encoder-only task's head reads
+    # encoder_head_input(features), built from the last stage (res5): the pixel decoder,
+    # queries, decoder and the other stages' output norms are frozen and not run; a head-only
+    # task (linear probing) freezes everything but the head.
+    uses_decoder: bool = True
+    trains_head_only: bool = False
+
+    @classmethod
+    def head_in_features(cls, cfg) -> int:
+        """Input width of the task's linear head (default: the decoder width)."""
+        return cfg.MODEL.GLID.HIDDEN_DIM
 
     @classmethod
     def head_splits(cls, cfg) -> dict[str, int]:
         """Ordered ``{answer name: size}`` of the task's one linear head."""
         raise NotImplementedError
+
+    def initialize(self, model: nn.Module) -> None:
+        """Called once at the end of ``GLID.__init__`` (default: nothing)."""
+
+    def prepare_batch(
+        self, images: ImageList, batched_inputs: list[dict]
+    ) -> tuple[ImageList, list[dict]]:
+        """Training only: transform the normalized, padded batch and its inputs before the
+        model runs (e.g. mixup / cutmix). Default: unchanged."""
+        return images, batched_inputs
+
+    def encoder_head_input(
+        self, features: dict[str, torch.Tensor], inputs: DecoderInputs
+    ) -> torch.Tensor:
+        """Encoder-only tasks: (B, N, head_in_features) head input from the encoder's features
+        (``res2..res5``) and this batch's :meth:`decoder_inputs`."""
+        raise NotImplementedError(f"task {self.task_name!r} does not read the encoder alone")
+
+    def decoder_head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The part of one decoder layer's (B, N [+1], D) output that the head reads
+        (default: all of it; e.g. classification keeps only ``[CLS]``)."""
+        return hidden
 
     def decoder_inputs(self, batched_inputs: list[dict], images: ImageList) -> DecoderInputs:
         """What the encoder and decoder get for this batch (default: grid queries, no masks)."""
@@ -82,9 +125,11 @@ class GLIDTask(nn.Module):
         Args:
             answers: the head's output split by name, each (B, N [+1], size); with ``[CLS]``
                 its answer is the last.
-            mask_features: (B, E, H/4, W/4) per-pixel embedding map of the pixel decoder.
+            mask_features: (B, E, H/4, W/4) per-pixel embedding map of the pixel decoder
+                (``None`` for encoder-only tasks and tasks that do not use it).
             query_points: (B, N, 2) normalized (x, y) positions of the N location queries
-                (reference points, e.g. for boxes refined from the query's position).
+                (reference points, e.g. for boxes refined from the query's position); for
+                encoder-only tasks whatever :meth:`decoder_inputs` gave (may be ``None``).
         """
         raise NotImplementedError
 

@@ -60,5 +60,5 @@ def build_task(cfg) -> GLIDTask:
 
 def build_task_head(cfg) -> LinearTaskHead:
     """Build the task's single linear head."""
-    splits = get_task_class(cfg.MODEL.GLID.TASK).head_splits(cfg)
-    return LinearTaskHead(cfg.MODEL.GLID.HIDDEN_DIM, splits)
+    task_cls = get_task_class(cfg.MODEL.GLID.TASK)
+    return LinearTaskHead(task_cls.head_in_features(cfg), task_cls.head_splits(cfg))

@@ -99,6 +99,7 @@ class DetectionTask(GLIDTask):
     """
 
     dataset_mapper = "DetectionDatasetMapper"
+    uses_mask_features = False
 
     @configurable
     def __init__(
@@ -156,11 +157,6 @@ class DetectionTask(GLIDTask):
         reference = self.reference_boxes(query_points.float())
         boxes = (answers["box_delta"].float() + inverse_sigmoid(reference)).sigmoid()
         logits = answers["pred_logits"] + self.class_logit_offset
-        if self.training:
-            # Detection does not read the per-pixel embedding map. It enters with weight 0 so
-            # that the pixel decoder's stride-4 path gets a (zero) gradient, as DDP requires of
-            # every trainable parameter; the values are unchanged.
-            logits = logits + 0.0 * mask_features.mean()
         return {"pred_logits": logits, "pred_boxes": boxes}
 
     def losses(

@@ -1,0 +1,202 @@
+"""Loading checkpoints by GLID's hand-off rules: every parameter is accounted for.
+
+detectron2's checkpointer loads what fits and only warns about the rest, so a model whose
+weights did not load can still be trained or evaluated. :class:`GLIDCheckpointer` decides
+instead, by what is being loaded:
+
+* **A checkpoint of this very model** (``--resume``, ``--eval-only``, the demo, any direct
+  :meth:`~fvcore.common.checkpoint.Checkpointer.load`): every parameter and buffer must be in
+  it with its shape, and nothing else may be.
+* **Fine-tuning weights** (``MODEL.WEIGHTS`` at the start of training), by
+  ``MODEL.GLID.WEIGHTS_SCOPE``:
+
+  - ``"model"``, a GLID checkpoint (pre-training or another task): every parameter except the
+    task's own (its linear ``head``, buffers of the ``task`` module, learnable query positions)
+    must load with its shape. The head of another task (checkpoints record their
+    ``MODEL.GLID.TASK``) is never loaded, even when its shape happens to fit.
+  - ``"encoder"``, an encoder-only checkpoint (converted Swin / SimMIM, encoder-only MIM): every
+    ``backbone.swin.*`` parameter must load; other encoder parameters load when present, the
+    rest of the model starts from scratch and the checkpoint's non-encoder entries are ignored.
+
+Anything else (a missing or mis-shaped parameter, an unknown entry) raises
+:class:`CheckpointMismatchError` with the list of keys. What was newly initialized and what was
+ignored is logged and kept in :attr:`GLIDCheckpointer.last_load`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+
+from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
+
+__all__ = ["CheckpointMismatchError", "GLIDCheckpointer", "LoadReport"]
+
+logger = logging.getLogger(__name__)
+
+SCOPES = ("model", "encoder")
+# Parameters and buffers that belong to the task, not to the pre-trained model.
+TASK_OWN_PREFIXES = ("head.", "task.", "queries.grid_points")
+ENCODER_REQUIRED_PREFIX = "backbone.swin."
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model by the loading rules (see the module docstring)."""
+
+
+@dataclass
+class LoadReport:
+    """What one load did: ``new`` (kept their initialization) and ``ignored`` (checkpoint
+    entries not used) keys, sorted; ``exact`` for a load of this very model."""
+
+    path: str
+    exact: bool
+    new: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _listing(title: str, keys) -> str:
+    keys = sorted(keys)
+    return f"{title} ({len(keys)}):\n  " + "\n  ".join(str(k) for k in keys)
+
+
+class GLIDCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with GLID's loading rules and the task name in every save.
+
+    Args:
+        model: the GLID model (DDP-wrapped is fine).
+        save_dir: where checkpoints are written and found for ``--resume``.
+        task_name: ``MODEL.GLID.TASK``, saved as ``glid_task`` in every checkpoint.
+        weights_scope: ``MODEL.GLID.WEIGHTS_SCOPE`` for fine-tuning weights.
+        require_all: also :meth:`resume_or_load` requires every parameter (evaluation).
+        checkpointables: optimizer, scheduler, ... as for detectron2's checkpointer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        task_name: str,
+        weights_scope: str = "model",
+        require_all: bool = False,
+        **checkpointables,
+    ):
+        if weights_scope not in SCOPES:
+            raise ValueError(
+                f"MODEL.GLID.WEIGHTS_SCOPE must be one of {SCOPES}, got {weights_scope!r}"
+            )
+        super().__init__(model, save_dir, **checkpointables)
+        self.task_name = task_name
+        self.weights_scope = weights_scope
+        self.require_all = require_all
+        self.last_load: LoadReport | None = None
+        self._fine_tuning = False
+        self._path = ""
+
+    @classmethod
+    def from_config(
+        cls, cfg, model: nn.Module, save_dir: str = "", *, require_all: bool = False, **kwargs
+    ) -> GLIDCheckpointer:
+        """The checkpointer for ``cfg``'s task and ``MODEL.GLID.WEIGHTS_SCOPE``."""
+        return cls(
+            model,
+            save_dir,
+            task_name=cfg.MODEL.GLID.TASK,
+            weights_scope=cfg.MODEL.GLID.WEIGHTS_SCOPE,
+            require_all=require_all,
+            **kwargs,
+        )
+
+    def save(self, name: str, **kwargs) -> None:
+        kwargs.setdefault("glid_task", self.task_name)
+        super().save(name, **kwargs)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """The last checkpoint of ``save_dir`` (exact) when resuming and one exists, else
+        ``path`` as fine-tuning weights (exact when ``require_all``)."""
+        resuming = resume and self.has_checkpoint()
+        if self.require_all and not resuming and not path:
+            raise CheckpointMismatchError(
+                "no weights to evaluate: set MODEL.WEIGHTS (or --resume with a checkpoint in "
+                f"{self.save_dir or 'OUTPUT_DIR'!r}); a model from scratch is never evaluated"
+            )
+        self._fine_tuning = not self.require_all and not resuming
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._fine_tuning = False
+
+    def _load_file(self, filename: str) -> dict:
+        self._path = filename
+        try:
+            return super()._load_file(filename)
+        # What torch's (weights-only) unpickler raises on damaged bytes.
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise CheckpointMismatchError(
+                f"{filename} is corrupt or truncated, not a readable checkpoint: {e}"
+            ) from e
+        except RuntimeError as e:
+            if "PytorchStreamReader" not in str(e):  # torch's reader of a damaged zip file
+                raise
+            raise CheckpointMismatchError(
+                f"{filename} is corrupt or truncated, not a readable checkpoint: {e}"
+            ) from e
+
+    def _load_model(self, checkpoint: dict):
+        exact = not self._fine_tuning
+        ignored = [] if exact else self._drop_unused(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        misshaped = {key for key, *_ in incompatible.incorrect_shapes}
+        missing = [k for k in incompatible.missing_keys if k not in misshaped]
+        unexpected = incompatible.unexpected_keys
+        problems = []
+        if incompatible.incorrect_shapes:
+            problems.append(
+                _listing(
+                    "mis-shaped (key, checkpoint shape, model shape)",
+                    incompatible.incorrect_shapes,
+                )
+            )
+        if exact:
+            not_allowed = missing
+        elif self.weights_scope == "model":
+            not_allowed = [k for k in missing if not k.startswith(TASK_OWN_PREFIXES)]
+        else:
+            not_allowed = [k for k in missing if k.startswith(ENCODER_REQUIRED_PREFIX)]
+        if not_allowed:
+            problems.append(_listing("missing from the checkpoint", not_allowed))
+        if unexpected:
+            problems.append(_listing("in the checkpoint but not in the model", unexpected))
+        if problems:
+            what = (
+                "a checkpoint of this model (resume / evaluation / demo)"
+                if exact
+                else f"fine-tuning weights with MODEL.GLID.WEIGHTS_SCOPE={self.weights_scope!r}"
+            )
+            raise CheckpointMismatchError(
+                f"{self._path} does not fit the model, loaded as {what}:\n" + "\n".join(problems)
+            )
+        self.last_load = LoadReport(self._path, exact, sorted(missing), sorted(ignored))
+        if missing:
+            self.logger.info(_listing(f"Newly initialized, not in {self._path}", missing))
+        if ignored:
+            self.logger.info(_listing(f"Not used from {self._path}", ignored))
+        return None  # reported above; fvcore would only warn
+
+    def _drop_unused(self, checkpoint: dict) -> list[str]:
+        """Fine-tuning: removes (and returns) the entries that are not to be loaded: another
+        task's head, and with the encoder scope everything outside the encoder."""
+        state = checkpoint["model"]
+        same_task = checkpoint.get("glid_task") == self.task_name
+        dropped = []
+        for key in list(state):
+            other_head = key.startswith("head.") and not same_task
+            outside = self.weights_scope == "encoder" and not key.startswith("backbone.")
+            if other_head or outside:
+                dropped.append(key)
+                del state[key]
+        return dropped
