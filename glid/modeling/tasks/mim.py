@@ -20,7 +20,6 @@ from __future__ import annotations
 import zlib
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import ImageList
 from torch import nn
