@@ -36,7 +36,9 @@ those of the uninterrupted run with the same seed (bit for bit on the CPU; on CU
 nondeterminism of the kernels, see ``torch.use_deterministic_algorithms``). The random streams
 differ from plain detectron2's (whose runs are not reproducible across resumes anyway), not
 their distribution. The subset of ``RandomSubsetTrainingSampler`` is drawn when it is built,
-from ``cfg.SEED`` (``default_setup``).
+from ``cfg.SEED`` (``default_setup``). ``DATASETS.TRAIN_FRACTION`` < 1 trains on a fixed subset
+of each training dataset (:func:`train_dataset_dicts`), chosen by ``DATASETS.TRAIN_FRACTION_SEED``
+alone: the same images whatever the training seed.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
+from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.utils import data as torchdata
+
+from glid.data.subset import subset_dataset_dicts
 
 __all__ = [
     "ExactResumeHook",
@@ -60,6 +65,7 @@ __all__ = [
     "build_train_loader",
     "derive_seed",
     "seed_all_rngs",
+    "train_dataset_dicts",
     "training_seed",
 ]
 
@@ -232,10 +238,68 @@ def _aspect_ratio_groups(dataset) -> list[int] | None:
     return [0 if d["width"] > d["height"] else 1 for d in dataset]
 
 
+def train_dataset_dicts(cfg) -> list[dict] | None:
+    """The training dicts with ``DATASETS.TRAIN_FRACTION`` applied, or None (detectron2 builds
+    them) at fraction 1.0.
+
+    Each dataset of ``DATASETS.TRAIN`` is loaded and filtered as detectron2's
+    ``get_detection_dataset_dicts`` does, then reduced to its own fraction
+    (:func:`glid.data.subset.subset_dataset_dicts`, seeded by ``DATASETS.TRAIN_FRACTION_SEED``),
+    then the subsets are concatenated: every dataset keeps the same share.
+    """
+    fraction = cfg.DATASETS.TRAIN_FRACTION
+    if fraction == 1.0:
+        return None
+    names = list(cfg.DATASETS.TRAIN)
+    proposal_files = (
+        list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if cfg.MODEL.LOAD_PROPOSALS else [None] * len(names)
+    )
+    if len(proposal_files) != len(names):
+        raise ValueError(f"DATASETS.PROPOSAL_FILES_TRAIN needs one file per DATASETS.TRAIN {names}")
+    dicts = []
+    for name, proposal_file in zip(names, proposal_files):
+        part = get_detection_dataset_dicts(
+            name,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=None if proposal_file is None else [proposal_file],
+        )
+        if not isinstance(part, list):
+            raise TypeError(
+                f"DATASETS.TRAIN_FRACTION needs a list of dicts; {name} is {type(part)}"
+            )
+        subset = subset_dataset_dicts(part, fraction, cfg.DATASETS.TRAIN_FRACTION_SEED)
+        logger.info(
+            "using %d of %d images of %s (DATASETS.TRAIN_FRACTION=%g)",
+            len(subset),
+            len(part),
+            name,
+            fraction,
+        )
+        dicts += subset
+    if "annotations" in dicts[0]:
+        try:
+            check_metadata_consistency("thing_classes", names)
+        except AttributeError:  # as detectron2: datasets without class names
+            pass
+    return dicts
+
+
 def build_train_loader(cfg, mapper, *, dataset=None, sampler=None):
     """``build_detection_train_loader(cfg, mapper=mapper)`` (same dataset, filtering, sampler,
-    batch size, grouping and workers), as a :class:`ResumableTrainLoader`. Falls back to
-    detectron2's loader, with a warning, for iterable-style datasets."""
+    batch size, grouping and workers), as a :class:`ResumableTrainLoader`, over the
+    ``DATASETS.TRAIN_FRACTION`` subset of each training dataset (:func:`train_dataset_dicts`;
+    a given ``dataset`` is used as it is). Falls back to detectron2's loader, with a warning,
+    for iterable-style datasets."""
+    if dataset is None:
+        dataset = train_dataset_dicts(cfg)
+    elif cfg.DATASETS.TRAIN_FRACTION != 1.0:
+        logger.warning(
+            "DATASETS.TRAIN_FRACTION=%g is not applied to a dataset given to build_train_loader",
+            cfg.DATASETS.TRAIN_FRACTION,
+        )
     kwargs = build_detection_train_loader.from_config(cfg, mapper, dataset=dataset, sampler=sampler)
     if kwargs["sampler"] is None:
         logger.warning("iterable-style training dataset: its stream is not resumable exactly")

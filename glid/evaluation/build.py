@@ -15,6 +15,8 @@ from detectron2.evaluation import (
 )
 from detectron2.utils.registry import Registry
 
+from .classification_evaluation import ClassificationEvaluator
+
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
 
 EVALUATOR_REGISTRY = Registry("GLID_EVALUATOR")
@@ -28,6 +30,12 @@ the ``evaluator_type`` (dataset metadata) they serve.
 def sem_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
     """mIoU, fwIoU, mACC, pACC (detectron2's ``SemSegEvaluator``, distributed)."""
     return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+@EVALUATOR_REGISTRY.register()
+def classification(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """Top-1 / top-5 accuracy in percent (:class:`ClassificationEvaluator`, distributed)."""
+    return ClassificationEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
 
 @EVALUATOR_REGISTRY.register()

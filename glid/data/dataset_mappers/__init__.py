@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base_mapper import GLIDDatasetMapper
 from .build import DATASET_MAPPER_REGISTRY, build_dataset_mapper, dataset_mapper_name
+from .classification_mapper import ImageClassificationDatasetMapper
 from .detection_mapper import DetectionDatasetMapper
 from .semantic_mapper import SemanticSegmentationDatasetMapper
 
@@ -11,6 +12,7 @@ __all__ = [
     "DATASET_MAPPER_REGISTRY",
     "DetectionDatasetMapper",
     "GLIDDatasetMapper",
+    "ImageClassificationDatasetMapper",
     "SemanticSegmentationDatasetMapper",
     "build_dataset_mapper",
     "dataset_mapper_name",
