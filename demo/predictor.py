@@ -8,9 +8,11 @@ import cv2
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine.defaults import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
+
+from glid.engine import GLIDPredictor
+from glid.evaluation.mim_evaluation import reconstruction_panel
 
 
 def keep_confident(predictions: dict, score_threshold: float) -> dict:
@@ -25,7 +27,9 @@ def keep_confident(predictions: dict, score_threshold: float) -> dict:
 def draw_predictions(
     image_rgb: np.ndarray, predictions: dict, metadata, instance_mode=ColorMode.IMAGE
 ) -> VisImage:
-    """Draw whatever the model answered (panoptic, instances, semantic, depth) on an RGB image."""
+    """Draw whatever the model answered (panoptic, instances, semantic, depth, top-5 classes,
+    a masked-image-modeling reconstruction) on an RGB image. For a reconstruction the image
+    must be the network's input (after the test transform) and the reconstruction RGB."""
     visualizer = Visualizer(image_rgb, metadata, instance_mode=instance_mode)
     if "panoptic_seg" in predictions:
         panoptic_seg, segments_info = predictions["panoptic_seg"]
@@ -39,11 +43,42 @@ def draw_predictions(
         scaled = (255 * (depth - depth.min()) / max(float(np.ptp(depth)), 1e-6)).astype(np.uint8)
         colored = cv2.applyColorMap(scaled, cv2.COLORMAP_MAGMA)[:, :, ::-1]
         return VisImage(np.concatenate([image_rgb, colored], axis=1))
+    if "classification" in predictions:
+        return _draw_top5(visualizer, predictions["classification"], metadata)
+    if "reconstruction" in predictions:
+        return _draw_reconstruction(image_rgb, predictions)
     raise KeyError(f"nothing to draw in predictions with keys {sorted(predictions)}")
 
 
+def _draw_top5(visualizer: Visualizer, logits: torch.Tensor, metadata) -> VisImage:
+    """The five most probable classes with their probabilities, top left."""
+    probs = logits.float().softmax(-1).cpu()
+    names = metadata.get("classes", None) or metadata.get("thing_classes", None)
+    lines = []
+    for p, c in zip(*probs.topk(min(5, probs.numel()))):
+        name = names[int(c)] if names and int(c) < len(names) else f"class {int(c)}"
+        lines.append(f"{name}: {100 * float(p):.1f}%")
+    height = visualizer.output.height
+    font = max(10, height // 30)
+    for i, line in enumerate(lines):
+        visualizer.draw_text(
+            line, (4, 4 + i * 1.6 * font), font_size=font, color="w", horizontal_alignment="left"
+        )
+    return visualizer.output
+
+
+def _draw_reconstruction(network_input_rgb: np.ndarray, predictions: dict) -> VisImage:
+    """Masked image modeling: input | masked input | reconstruction, all at the network's
+    input size (``reconstruction`` is RGB here, see :func:`draw_predictions`)."""
+    recon = predictions["reconstruction"].float().round().clamp(0, 255).to(torch.uint8)
+    recon = np.ascontiguousarray(recon.permute(1, 2, 0).cpu().numpy())
+    mask = predictions["mim_mask"].cpu().numpy()
+    return VisImage(reconstruction_panel(network_input_rgb, recon, mask))
+
+
 class VisualizationDemo:
-    """``DefaultPredictor`` (BGR input, resize, ``MODEL.WEIGHTS``) plus drawing."""
+    """:class:`glid.engine.GLIDPredictor` (BGR input, the task's test transform, every weight
+    of ``MODEL.WEIGHTS`` loaded) plus drawing."""
 
     def __init__(
         self, cfg, instance_mode: ColorMode = ColorMode.IMAGE, score_threshold: float = 0.0
@@ -53,7 +88,7 @@ class VisualizationDemo:
         self.cpu_device = torch.device("cpu")
         self.instance_mode = instance_mode
         self.score_threshold = score_threshold
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = GLIDPredictor(cfg)
 
     def predict(self, image_bgr: np.ndarray) -> dict:
         """The model's predictions; ``instances`` scoring below ``score_threshold`` dropped."""
@@ -64,9 +99,14 @@ class VisualizationDemo:
         """Returns the (thresholded) predictions and the visualization of an (H, W, 3) BGR
         image."""
         predictions = self.predict(image_bgr)
-        vis = draw_predictions(
-            image_bgr[:, :, ::-1], predictions, self.metadata, self.instance_mode
-        )
+        image_rgb = image_bgr[:, :, ::-1]
+        if "reconstruction" in predictions:  # drawn at the network's input, in RGB
+            image_rgb = self.predictor.transform(image_rgb)
+            if self.predictor.input_format == "BGR":
+                predictions = dict(
+                    predictions, reconstruction=predictions["reconstruction"].flip(0)
+                )
+        vis = draw_predictions(image_rgb, predictions, self.metadata, self.instance_mode)
         return predictions, vis
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:

@@ -176,3 +176,23 @@ def test_bad_weights_scope_is_refused():
     cfg, model = _build("sem")
     with pytest.raises(ValueError, match="MODEL.GLID.WEIGHTS_SCOPE"):
         GLIDCheckpointer(model, task_name="sem", weights_scope="decoder")
+
+
+def test_predictor_refuses_weights_that_do_not_all_load(pretrained):
+    from glid.engine import GLIDPredictor
+
+    cfg = tiny_task_cfg("sem", "MODEL.WEIGHTS", pretrained[0])
+    with pytest.raises(CheckpointMismatchError, match=r"head\.weight"):
+        GLIDPredictor(cfg)
+    with pytest.raises(CheckpointMismatchError, match="no weights to load"):
+        GLIDPredictor(tiny_task_cfg("sem"))
+
+
+def test_predictor_runs_the_test_transform_of_the_task(pretrained):
+    from glid.engine import GLIDPredictor
+
+    predictor = GLIDPredictor(tiny_task_cfg("mim", "MODEL.WEIGHTS", pretrained[0]))
+    image = (torch.arange(96 * 160 * 3) % 251).to(torch.uint8).view(96, 160, 3).numpy()
+    out = predictor(image)
+    # classification's centre crop: 128 x 128 (TEST_CROP_RATIO 1: short side 128, then crop)
+    assert out["reconstruction"].shape == (3, 128, 128) and out["mim_mask"].shape == (4, 4)

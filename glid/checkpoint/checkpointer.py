@@ -119,16 +119,21 @@ class GLIDCheckpointer(DetectionCheckpointer):
         """The last checkpoint of ``save_dir`` (exact) when resuming and one exists, else
         ``path`` as fine-tuning weights (exact when ``require_all``)."""
         resuming = resume and self.has_checkpoint()
-        if self.require_all and not resuming and not path:
-            raise CheckpointMismatchError(
-                "no weights to evaluate: set MODEL.WEIGHTS (or --resume with a checkpoint in "
-                f"{self.save_dir or 'OUTPUT_DIR'!r}); a model from scratch is never evaluated"
-            )
         self._fine_tuning = not self.require_all and not resuming
         try:
             return super().resume_or_load(path, resume=resume)
         finally:
             self._fine_tuning = False
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict:
+        """Loads ``path`` by the rules above; an empty path starts from scratch only when
+        loading fine-tuning weights (training), never for evaluation."""
+        if not path and not self._fine_tuning:
+            raise CheckpointMismatchError(
+                "no weights to load: set MODEL.WEIGHTS (or --resume with a checkpoint in "
+                f"{self.save_dir or 'OUTPUT_DIR'!r}); a model from scratch is never evaluated"
+            )
+        return super().load(path, checkpointables)
 
     def _load_file(self, filename: str) -> dict:
         self._path = filename

@@ -1,3 +1,4 @@
+from .defaults import GLIDPredictor
 from .lars import LARS
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer, layer_decay_lr_factor
@@ -6,6 +7,7 @@ from .resume import ExactResumeHook, ResumableTrainLoader, build_train_loader, t
 __all__ = [
     "LARS",
     "ExactResumeHook",
+    "GLIDPredictor",
     "ResumableTrainLoader",
     "build_lr_scheduler",
     "build_optimizer",

@@ -16,6 +16,7 @@ from detectron2.evaluation import (
 from detectron2.utils.registry import Registry
 
 from .classification_evaluation import ClassificationEvaluator
+from .mim_evaluation import MIMEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
 
@@ -50,9 +51,24 @@ def coco_panoptic_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEval
     return COCOPanopticEvaluator(dataset_name, output_folder)
 
 
+@EVALUATOR_REGISTRY.register()
+def mim(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """Masked-image-modeling loss and reconstruction images (:class:`MIMEvaluator`)."""
+    return MIMEvaluator(
+        output_dir=output_folder,
+        num_visualizations=cfg.MODEL.GLID.MIM.NUM_VISUALIZATIONS,
+        image_format=cfg.INPUT.FORMAT,
+    )
+
+
 def build_evaluator(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    """The evaluator registered for ``dataset_name``'s ``evaluator_type``."""
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    """The evaluator of the task (:attr:`GLIDTask.evaluator_type`, e.g. pre-training's on any
+    image set) or else the one registered for ``dataset_name``'s ``evaluator_type``."""
+    from glid.modeling.tasks import get_task_class
+
+    evaluator_type = get_task_class(cfg.MODEL.GLID.TASK).evaluator_type
+    if evaluator_type is None:
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATOR_REGISTRY:
         registered = sorted(name for name, _ in EVALUATOR_REGISTRY)
         raise KeyError(

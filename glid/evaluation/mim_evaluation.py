@@ -7,7 +7,6 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,15 +46,11 @@ class MIMEvaluator(DatasetEvaluator):
         self,
         output_dir: str | None,
         num_visualizations: int,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
         image_format: str = "RGB",
         distributed: bool = True,
     ):
         self.output_dir = output_dir
         self.num_visualizations = num_visualizations
-        self.pixel_mean = torch.tensor(pixel_mean).view(-1, 1, 1)
-        self.pixel_std = torch.tensor(pixel_std).view(-1, 1, 1)
         self.image_format = image_format
         self.distributed = distributed
         self.reset()
@@ -76,8 +71,7 @@ class MIMEvaluator(DatasetEvaluator):
                     self._write_panel(x, out)
 
     def _write_panel(self, x: dict, out: dict) -> None:
-        recon = out["reconstruction"].detach().float().cpu() * self.pixel_std + self.pixel_mean
-        recon = recon.round().clamp(0, 255).to(torch.uint8)
+        recon = out["reconstruction"].detach().float().cpu().round().clamp(0, 255).to(torch.uint8)
         image = x["image"][:, : recon.shape[1], : recon.shape[2]]
         panel = reconstruction_panel(
             self._to_rgb(image), self._to_rgb(recon), out["mim_mask"].cpu().numpy()

@@ -135,6 +135,8 @@ class MaskedImageModelingTask(GLIDTask):
         xavier_init: bool,
         deep_supervision: bool,
         encoder_stride: int,
+        pixel_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+        pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
     ):
         super().__init__()
         if unit_size % 32:
@@ -153,6 +155,9 @@ class MaskedImageModelingTask(GLIDTask):
         self.uses_cls_query = use_decoder
         self.xavier_init = xavier_init
         self.deep_supervision = deep_supervision
+        # To map reconstructions back to pixel values (not a state: not in checkpoints).
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -165,6 +170,8 @@ class MaskedImageModelingTask(GLIDTask):
             "xavier_init": m.XAVIER_INIT,
             "deep_supervision": cfg.MODEL.GLID.DEEP_SUPERVISION,
             "encoder_stride": cfg.MODEL.SWIN.PATCH_SIZE * 8,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
         }
 
     @classmethod
@@ -255,9 +262,10 @@ class MaskedImageModelingTask(GLIDTask):
         self, predictions: dict, batched_inputs: list[dict], images: ImageList
     ) -> list[dict]:
         """Per image: ``mim_loss`` (the training loss of its masked units), ``mim_mask``
-        (gh, gw) and ``reconstruction`` (3, h, w): the input with the masked units replaced by
-        their predictions, in normalized pixel units (a normalized prediction is mapped back
-        with the unit's own mean and std, as MAE visualizes it)."""
+        (gh, gw) and ``reconstruction`` (3, h, w) float pixel values in the input's channel
+        order and size (before padding): the input with the masked units replaced by their
+        predictions (a per-unit-normalized prediction is mapped back with the unit's own mean
+        and std, as MAE visualizes it)."""
         grid = self.unit_grid(images)
         error = self.reconstruction_error(predictions, images)
         target = self.targets(predictions, images)
@@ -270,7 +278,7 @@ class MaskedImageModelingTask(GLIDTask):
         gh, gw = grid
         index = unit_index(predictions["points"], grid)
         units.scatter_(1, index[..., None].expand(-1, -1, units.shape[-1]), pixels)
-        reconstruction = unpatchify(units, grid, self.unit_size)
+        reconstruction = unpatchify(units, grid, self.unit_size) * self.pixel_std + self.pixel_mean
         mask = torch.zeros(len(batched_inputs), gh * gw, dtype=torch.bool, device=index.device)
         mask.scatter_(1, index, True)
         results = []
