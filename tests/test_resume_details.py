@@ -194,11 +194,11 @@ def test_derive_seed_differs_by_rank_iteration_and_stream():
 
 
 def test_seed_all_rngs_seeds_python_numpy_and_torch():
-    seed = 2**40 + 5  # numpy's legacy seed takes 32 bits: seed % 2**32
+    seed = 2**40 + 2**31 + 5  # numpy's legacy seed takes 32 bits: seed % 2**32
     seed_all_rngs(seed)
     got = random.random(), np.random.rand(), torch.rand(3)
     random.seed(seed)
-    np.random.seed(5)
+    np.random.seed(2**31 + 5)
     torch.manual_seed(seed)
     want = random.random(), np.random.rand(), torch.rand(3)
     assert got[0] == want[0] and got[1] == want[1] and torch.equal(got[2], want[2])

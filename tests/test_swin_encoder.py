@@ -65,6 +65,21 @@ def test_swin_config_keys_reach_the_blocks(monkeypatch):
     assert len(calls) == 4  # none in inference
 
 
+def test_every_output_goes_through_its_own_layer_norm():
+    """Each res* map is its stage's tokens after that stage's LayerNorm, as NCHW."""
+    torch.manual_seed(0)
+    model = tiny_swin().eval()
+    with torch.no_grad():
+        for i, norm in enumerate(model.output_norms.values()):
+            norm.weight.fill_(2.0 + i)
+            norm.bias.fill_(-1.0 - i)
+        out = model(torch.randn(2, 3, 64, 96))
+    for i, name in enumerate(["res2", "res3", "res4", "res5"]):
+        mean, std = out[name].mean(1), out[name].std(1, unbiased=False)
+        torch.testing.assert_close(mean, torch.full_like(mean, -1.0 - i), atol=1e-4, rtol=0)
+        torch.testing.assert_close(std, torch.full_like(std, 2.0 + i), atol=1e-2, rtol=1e-3)
+
+
 def test_swin_mlp_ratio_default_is_four():
     model = tiny_swin()
     assert all(b.mlp.fc1.out_features == 4 * 16 * 2**i for i, b in _blocks(model))
