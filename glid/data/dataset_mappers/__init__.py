@@ -6,6 +6,7 @@ from .base_mapper import GLIDDatasetMapper
 from .build import DATASET_MAPPER_REGISTRY, build_dataset_mapper, dataset_mapper_name
 from .classification_mapper import ImageClassificationDatasetMapper
 from .detection_mapper import DetectionDatasetMapper
+from .instance_mapper import InstanceSegmentationDatasetMapper, PanopticSegmentationDatasetMapper
 from .semantic_mapper import SemanticSegmentationDatasetMapper
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "DetectionDatasetMapper",
     "GLIDDatasetMapper",
     "ImageClassificationDatasetMapper",
+    "InstanceSegmentationDatasetMapper",
+    "PanopticSegmentationDatasetMapper",
     "SemanticSegmentationDatasetMapper",
     "build_dataset_mapper",
     "dataset_mapper_name",
