@@ -472,6 +472,8 @@ def test_encoder_only_freezes_and_skips_the_decoder_side():
         assert not any(p.requires_grad for p in module.parameters())
     assert model.backbone.mask_token.requires_grad
     assert all(p.requires_grad for p in model.head.parameters())
+    for name, norm in model.backbone.output_norms.items():  # only res5 feeds the head
+        assert all(p.requires_grad is (name == "res5") for p in norm.parameters()), name
     calls = []
     hooks = [m.register_forward_pre_hook(lambda m, a: calls.append(m)) for m in skipped]
     head_inputs = []
