@@ -329,3 +329,51 @@ def test_msdeformattn_decoder_needs_its_features():
     del shapes["res4"]
     with pytest.raises(ValueError, match=r"needs encoder features \['res4'\]"):
         msdeformattn.MSDeformAttnPixelDecoder(shapes, conv_dim=32, mask_dim=32)
+
+
+def test_msdeformattn_encoder_inputs_and_fpn_output(monkeypatch):
+    """The encoder reads the projected res5, res4, res3 maps (low resolution first), flattened,
+    with the sine position of each pixel plus its level's embedding; each layer attends with
+    query = src + pos over the values src (no position). The output is the FPN step: res2's
+    lateral conv + the stride-8 encoder map upsampled (bilinear), 3x3 conv, 1x1 projection."""
+    cfg, backbone, decoder = _msdeform_decoder("MODEL.GLID.MSDEFORMATTN.NUM_LAYERS", 1)
+    decoder.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        decoder.level_embed.normal_()
+        feats = backbone(torch.randn(1, 3, 64, 96))
+    seen = {}
+    layer = decoder.layers[0]
+    attn_forward = layer.self_attn.forward
+
+    def attn_spy(query, reference_points, value_input, spatial_shapes, level_start_index):
+        seen.update(query=query, value_input=value_input)
+        return attn_forward(query, reference_points, value_input, spatial_shapes, level_start_index)
+
+    layer_forward = msdeformattn.MSDeformAttnEncoderLayer.forward
+
+    def layer_spy(self, src, pos, reference_points, spatial_shapes, level_start_index):
+        seen.update(src=src, pos=pos, starts=level_start_index.tolist())
+        return layer_forward(self, src, pos, reference_points, spatial_shapes, level_start_index)
+
+    monkeypatch.setattr(layer.self_attn, "forward", attn_spy)
+    monkeypatch.setattr(msdeformattn.MSDeformAttnEncoderLayer, "forward", layer_spy)
+    with torch.no_grad():
+        mask_features, multi_scale = decoder(feats)
+        srcs, pos = [], []
+        for i, name in enumerate(["res5", "res4", "res3"]):
+            x = decoder.input_proj[i](feats[name])
+            srcs.append(x.flatten(2).transpose(1, 2))
+            p = decoder.pos_embed(x).flatten(2).transpose(1, 2) + decoder.level_embed[i]
+            pos.append(p)
+        src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
+        assert seen["starts"] == [0, 6, 30]  # 2 x 3, 4 x 6, 8 x 12
+        torch.testing.assert_close(seen["src"], src)
+        torch.testing.assert_close(seen["pos"], pos)
+        torch.testing.assert_close(seen["query"], src + pos)
+        torch.testing.assert_close(seen["value_input"], src)
+        lateral = decoder.lateral_conv(feats["res2"])
+        up = F.interpolate(multi_scale[-1], size=(16, 24), mode="bilinear", align_corners=False)
+        want = decoder.mask_features(decoder.output_conv(lateral + up))
+    torch.testing.assert_close(mask_features, want)
+    assert [tuple(m.shape[-2:]) for m in multi_scale] == [(2, 3), (4, 6), (8, 12)]
