@@ -44,9 +44,7 @@ _DEFAULT_IGNORE_LABEL = 255
 def dataset_ignore_label_or_default(cfg, default: int = _DEFAULT_IGNORE_LABEL) -> int:
     """The ``ignore_label`` of the training datasets' metadata, ``default`` where a dataset sets
     none (COCO instances); all of ``DATASETS.TRAIN`` must agree."""
-    values = {
-        MetadataCatalog.get(name).get("ignore_label", default) for name in cfg.DATASETS.TRAIN
-    }
+    values = {MetadataCatalog.get(name).get("ignore_label", default) for name in cfg.DATASETS.TRAIN}
     if len(values) > 1:
         raise ValueError(
             f"DATASETS.TRAIN={tuple(cfg.DATASETS.TRAIN)} have different `ignore_label`s in their "
@@ -104,7 +102,9 @@ def _decode_segmentation(segm, height: int, width: int, file_name: str) -> np.nd
         return mask_util.decode(segm).astype(np.uint8)
     if isinstance(segm, np.ndarray):
         if segm.shape != (height, width):
-            raise ValueError(f"{file_name}: mask shape {segm.shape} != image size {(height, width)}")
+            raise ValueError(
+                f"{file_name}: mask shape {segm.shape} != image size {(height, width)}"
+            )
         return segm.astype(np.uint8)
     raise TypeError(
         f"{file_name}: 'segmentation' must be polygons, RLE or an array, got {type(segm).__name__}"

@@ -1,7 +1,14 @@
 """Dataset registration; importing this package registers the GLID synthetic datasets, ImageNet
-(``imagenet_{train,val}``, :mod:`.register_imagenet`) and the COCO-format datasets named in
-``$GLID_COCO_DATASETS`` (see :mod:`.register_coco_env`)."""
+(``imagenet_{train,val}``, :mod:`.register_imagenet`), ADE20K instance and panoptic
+(``ade20k_{instance,panoptic}_{train,val}``, :mod:`.register_ade20k`) and the COCO-format
+datasets named in ``$GLID_COCO_DATASETS`` (see :mod:`.register_coco_env`)."""
 
+from glid.data.datasets.register_ade20k import (
+    ade20k_dataset_names,
+    load_ade20k_instance_json,
+    load_ade20k_panoptic_json,
+    register_all_ade20k,
+)
 from glid.data.datasets.register_coco_env import (
     COCO_DATASETS_ENV,
     register_coco_datasets_from_env,
@@ -19,6 +26,10 @@ from glid.data.datasets.register_synthetic import (
 )
 
 __all__ = [
+    "ade20k_dataset_names",
+    "load_ade20k_instance_json",
+    "load_ade20k_panoptic_json",
+    "register_all_ade20k",
     "COCO_DATASETS_ENV",
     "register_coco_datasets_from_env",
     "imagenet_dataset_names",
