@@ -171,3 +171,22 @@ def test_bf16_autocast_on_cpu():
         assert out[name].dtype == torch.bfloat16
         assert out[name].is_contiguous()
         torch.testing.assert_close(out[name].float(), ref[name], atol=0.1, rtol=0.05)
+
+
+def test_patch_size_and_pretrain_size_from_config():
+    """PATCH_SIZE sets the first stride (the outputs follow: 2, 4, 8, 16 for 2);
+    PRETRAIN_IMG_SIZE the grid the windows and position tables are built for."""
+    cfg = make_tiny_cfg(
+        "MODEL.SWIN.EMBED_DIM", 16,
+        "MODEL.SWIN.DEPTHS", [1, 1, 1, 1],
+        "MODEL.SWIN.PATCH_SIZE", 2,
+        "MODEL.SWIN.PRETRAIN_IMG_SIZE", 64,
+    )  # fmt: skip
+    model = build_backbone(cfg).eval()
+    assert model.swin.patch_embed.proj.kernel_size == (2, 2)
+    assert tuple(model.swin.patch_embed.img_size) == (64, 64)
+    assert tuple(model.swin.patch_embed.grid_size) == (32, 32)
+    assert [s.stride for s in model.output_shape().values()] == [2, 4, 8, 16]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape[-2:]) for o in out.values()] == [(32, 48), (16, 24), (8, 12), (4, 6)]

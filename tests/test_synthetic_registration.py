@@ -18,7 +18,12 @@ from glid.data import (
     SYNTH_SEM_SEG_CLASSES,
     SYNTH_THING_CLASSES,
 )
-from glid.data.datasets.register_synthetic import DEPTH_METADATA, synthetic_dataset_names
+from glid.data.datasets.register_synthetic import (
+    DEPTH_METADATA,
+    load_depth_pairs,
+    load_image_folder,
+    synthetic_dataset_names,
+)
 from glid.data.datasets.synthetic_meta import SYNTH_STUFF_COLORS, SYNTH_THING_COLORS
 from tests.task_harness import TEST_PREFIX
 
@@ -217,3 +222,40 @@ def test_generated_data_is_pinned(tmp_path):
     lossless, jpeg = digests(str(tmp_path))
     assert lossless == PINNED_LOSSLESS, "generated labels / annotations changed (see comment)"
     assert jpeg == PINNED_JPEG_PIXELS, "generated images changed (see comment)"
+
+
+def test_depth_split_file_lines(synth_root, tmp_path):
+    """Blank lines and ``#`` comments (whole or trailing) are skipped, the focal column is
+    optional, and a line with one path is an error naming the file and the line."""
+    depth = os.path.join(synth_root, "glid_synth", "depth")
+    split_file = tmp_path / "split.txt"
+    split_file.write_text(
+        "\n# header\ntrain/000001_rgb.jpg train/000001_depth.png  # no focal\n"
+        "   \n/train/000002_rgb.jpg /train/000002_depth.png 500.5\n"
+    )
+    a, b = load_depth_pairs(str(split_file), root=depth)
+    assert "focal_length" not in a and b["focal_length"] == 500.5
+    assert (a["image_id"], b["image_id"]) == (0, 1)
+    assert a["file_name"] == os.path.join(depth, "train", "000001_rgb.jpg")
+    assert b["depth_file_name"] == os.path.join(depth, "train", "000002_depth.png")
+    # Paths are relative to the split file's folder by default.
+    (tmp_path / "bad.txt").write_text("train/000001_rgb.jpg\n")
+    with pytest.raises(ValueError, match=r"bad\.txt: expected 'rgb depth \[focal\]'"):
+        load_depth_pairs(str(tmp_path / "bad.txt"), root=depth)
+
+
+def test_image_folder_skips_other_files_and_missing_classes(tmp_path):
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "1.png"), np.zeros((5, 7, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "b" / "2.JPG"), np.zeros((6, 4, 3), np.uint8))
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    dicts = load_image_folder(str(tmp_path), classes=["c", "b", "a"])  # no folder for "c"
+    assert [(os.path.basename(d["file_name"]), d["class_id"]) for d in dicts] == [
+        ("2.JPG", 1),
+        ("1.png", 2),
+    ]
+    assert [(d["height"], d["width"], d["image_id"]) for d in dicts] == [(6, 4, 0), (5, 7, 1)]
+    assert [d["class_id"] for d in load_image_folder(str(tmp_path))] == [0, 1]  # sorted: a, b
+    with pytest.raises(ValueError, match=r"folders \['b'\] not in classes"):
+        load_image_folder(str(tmp_path), classes=["a"])
