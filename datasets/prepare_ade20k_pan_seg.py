@@ -90,8 +90,13 @@ def panoptic_from_annotations(
     panoptic id map (H, W) int64 (0 = void) and its ``segments_info``."""
     if semantic.shape != instance_rgb.shape[:2]:
         raise ValueError(f"{path}: size {instance_rgb.shape[:2]} != semantic {semantic.shape}")
+    if semantic.max(initial=0) > len(ADE20K_150_CLASSES):
+        raise ValueError(
+            f"{path}: its semantic PNG (annotations/) has values up to {semantic.max()}, "
+            "expected 0..150"
+        )
     classes, instance_ids = decode_instance_png(instance_rgb, path)
-    things = np.zeros(151, bool)
+    things = np.zeros(len(ADE20K_150_CLASSES) + 1, bool)
     things[np.asarray(ADE20K_THING_IDS) + 1] = True
     ids = np.zeros(semantic.shape, np.int64)
     stuff = (semantic > 0) & ~things[semantic]

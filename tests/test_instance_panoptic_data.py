@@ -654,3 +654,14 @@ def test_ade20k_instance_png_with_two_codes_for_one_id_is_an_error(ade_root):
     Image.fromarray(inst).save(path)
     with pytest.raises(ValueError, match="ADE_val_00000001.png.*several category codes"):
         _load_script("prepare_ade20k_ins_seg").main(["--root", ade_root, "--splits", "val"])
+
+
+def test_ade20k_semantic_values_above_150_are_an_error():
+    script = _load_script("prepare_ade20k_pan_seg")
+    sem, inst = _ade_image(0)
+    sem[0, 0] = 151
+    with pytest.raises(ValueError, match="expected 0..150"):
+        script.panoptic_from_annotations(sem, inst, "x.png")
+    ids, segments = script.panoptic_from_annotations(*_ade_image(0))
+    assert sorted(s["category_id"] for s in segments) == [0, 2, 3, 7, 12, 12]
+    assert np.array_equal(script.id_to_rgb(ids).astype(int) @ [1, 256, 65536], ids)
