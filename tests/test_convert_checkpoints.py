@@ -258,3 +258,23 @@ def test_head_count_mismatch_is_an_error_that_names_the_table(timm_swin, tmp_pat
     opts = ["MODEL.SWIN.NUM_HEADS", "[2, 2, 4, 8]"]
     with pytest.raises(ValueError, match=r"shape differs.*layers\.0\.blocks\.0\.attn\.relative"):
         convert(SUPERVISED, tmp_path, source, *opts)
+
+
+def test_converted_file_starts_a_fine_tuning_run_in_encoder_scope(timm_swin, tmp_path):
+    """Tab. 4's baselines: a converted public checkpoint initializes the encoder of a GLID
+    fine-tuning model; everything outside the Swin encoder is reported as new."""
+    from detectron2.modeling import build_model
+
+    from glid.checkpoint import GLIDCheckpointer
+    from tests.task_harness import tiny_task_cfg
+
+    _, weights = convert(SIMMIM, tmp_path, simmim_pretrain_checkpoint(timm_swin), allow_pickle=True)
+    cfg = tiny_task_cfg("sem", *SWIN_OPTS, "MODEL.GLID.WEIGHTS_SCOPE", "encoder")
+    model = build_model(cfg)
+    checkpointer = GLIDCheckpointer.from_config(cfg, model)
+    checkpointer.resume_or_load(str(tmp_path / "converted.pkl"), resume=False)
+    report = checkpointer.last_load
+    assert not any(k.startswith(("backbone.swin.", "backbone.mask_token")) for k in report.new)
+    assert "backbone.output_norms.res2.weight" in report.new and "head.weight" in report.new
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
