@@ -141,3 +141,63 @@ def test_size_mismatch_names_the_file(files):
     mapper = GLIDDatasetMapper(make_tiny_cfg(), is_train=False)
     with pytest.raises(SizeMismatchError, match="image.png"):
         mapper({"file_name": files["file_name"], "height": H + 1, "width": W})
+
+
+def test_color_jitter_ranges():
+    """Mask2Former's photometric jitter: brightness 0.875-1.125, contrast and saturation
+    0.5-1.5, each applied with probability 0.5 (or the given one)."""
+    from glid.data.dataset_mappers.augmentations import build_color_jitter
+
+    brightness, contrast, saturation = build_color_jitter()
+    assert isinstance(brightness.aug, T.RandomBrightness)
+    assert (brightness.aug.intensity_min, brightness.aug.intensity_max) == (0.875, 1.125)
+    assert isinstance(contrast.aug, T.RandomContrast)
+    assert (contrast.aug.intensity_min, contrast.aug.intensity_max) == (0.5, 1.5)
+    assert isinstance(saturation.aug, T.RandomSaturation)
+    assert (saturation.aug.intensity_min, saturation.aug.intensity_max) == (0.5, 1.5)
+    assert [a.prob for a in build_color_jitter(0.25)] == [0.25] * 3
+
+
+def test_mappers_train_by_default(files):
+    cfg = _semantic_cfg(False)
+    assert GLIDDatasetMapper(cfg).is_train
+    out = SemanticSegmentationDatasetMapper(cfg)(_dict(files))
+    assert out["sem_seg"].dtype == torch.int64 and out["sem_seg"].shape == (H, W)
+    assert out["instances"].image_size == (H, W)
+    assert out["instances"].gt_classes.tolist() == [0, 1, 2]
+
+
+def test_test_mapper_needs_no_training_metadata(files):
+    """An eval-only config (no training sets) builds the test mapper: it reads no metadata."""
+    cfg = make_tiny_cfg("DATASETS.TRAIN", "()", "INPUT.MIN_SIZE_TEST", H)
+    mapper = SemanticSegmentationDatasetMapper(cfg, is_train=False)
+    assert mapper.ignore_label is None
+    assert torch.equal(mapper(_dict(files))["image"], files["image"])
+
+
+def test_ignore_label_must_agree_across_training_sets():
+    from glid.data.dataset_mappers.semantic_mapper import dataset_ignore_label
+
+    for name, meta in [("a", {"ignore_label": 255}), ("b", {"ignore_label": 0}), ("c", {})]:
+        MetadataCatalog.get(f"glid_test_mapper_details_{name}").set(stuff_classes=["x"], **meta)
+
+    def cfg(*names):
+        sets = ", ".join(f"'glid_test_mapper_details_{n}'" for n in names)
+        return make_tiny_cfg("DATASETS.TRAIN", f"({sets},)")
+
+    assert dataset_ignore_label(cfg("a", "a")) == 255
+    with pytest.raises(ValueError, match=r"must all set the same `ignore_label`.*got \[0, 255\]"):
+        dataset_ignore_label(cfg("a", "b"))
+    with pytest.raises(ValueError, match=r"got \[255, None\]"):
+        dataset_ignore_label(cfg("a", "c"))
+    with pytest.raises(ValueError, match=r"got \[None\]"):
+        dataset_ignore_label(cfg("c"))
+
+
+def test_unknown_mapper_lists_the_registered_ones():
+    from glid.data.dataset_mappers import build_dataset_mapper
+
+    cfg = make_tiny_cfg("INPUT.DATASET_MAPPER_NAME", "NoSuchMapper")
+    pattern = r"INPUT.DATASET_MAPPER_NAME='NoSuchMapper' is not registered; have \[.*'Semantic"
+    with pytest.raises(KeyError, match=pattern):
+        build_dataset_mapper(cfg, is_train=False)

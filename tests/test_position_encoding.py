@@ -73,3 +73,23 @@ def test_same_point_same_features_at_every_scale():
 def test_odd_num_feats_is_an_error():
     with pytest.raises(ValueError, match="num_feats must be even, got 5"):
         PositionEmbeddingSine(num_feats=5)
+
+
+def test_defaults_are_detr_s():
+    """Default temperature 10000 and, for maps, 128 features per coordinate. F = 20 puts a
+    frequency at 10000^-0.1, where a temperature off by 1 moves a feature by ~1e-5."""
+    points = torch.tensor([[0.9, 0.35], [0.55, 0.95]])
+    got = sine_embed_points(points, 20)
+    want = torch.tensor([by_hand(x, y, 20) for x, y in points.tolist()])
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    pe = PositionEmbeddingSine()
+    assert (pe.num_feats, pe.temperature) == (128, 10000.0)
+    got = pe(torch.zeros(1, 1, 2, 3))
+    assert got.shape == (1, 256, 2, 3)
+    want = torch.tensor(by_hand(2.5 / 3, 1.5 / 2, 128))
+    torch.testing.assert_close(got[0, :, 1, 2], want, rtol=0, atol=2e-6)
+
+
+def test_map_features_follow_the_map_dtype():
+    got = PositionEmbeddingSine(num_feats=4)(torch.zeros(1, 3, 2, 2, dtype=torch.bfloat16))
+    assert got.dtype == torch.bfloat16

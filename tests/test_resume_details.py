@@ -59,8 +59,12 @@ def test_aspect_ratio_groups_batch_orientations_apart():
         got = [i for b, g in zip(batches, groups) if g == {landscape} for i in b]
         want = [i for i in stream if (i in LANDSCAPE) == landscape]
         assert got == want[: len(got)]
-    # The loader set the sampler's seed from the training seed.
+    # The loader set the sampler's seed from the training seed, int32-safe: 31 bits (seeds 1
+    # and 7: bit 31 of the derived seed set and not set).
     assert loader.sampler._seed == derive_seed(SEED, 2) % 2**31
+    loader.set_start(0, seed=1)
+    next(loader.index_batches())
+    assert loader.sampler._seed == derive_seed(1, 2) % 2**31 != derive_seed(1, 2) % 2**32
 
 
 def test_no_grouping_without_sizes_or_when_off():
@@ -68,16 +72,52 @@ def test_no_grouping_without_sizes_or_when_off():
     consecutive slices of the index stream."""
     stream = _index_stream(len(SIZES), 60)
     no_sizes = [{"i": i} for i in range(len(SIZES))]
-    partial = [dict(d) for d in DATASET]
-    del partial[3]["height"]
+    no_height = [dict(d) for d in DATASET]
+    del no_height[3]["height"]
+    no_width = [dict(d) for d in DATASET]
+    del no_width[5]["width"]
     for loader in (
         _loader(no_sizes),
-        _loader(partial),
+        _loader(no_height),
+        _loader(no_width),
         _loader(DATASET, aspect_ratio_grouping=False),
     ):
         assert loader.group_ids is None
         batches = _take(loader.index_batches(), 20)
         assert batches == [stream[3 * k : 3 * k + 3] for k in range(20)]
+
+
+def test_one_group_is_logged(caplog):
+    with caplog.at_level(logging.INFO, logger=resume.__name__):
+        _loader(DATASET)
+        _loader(DATASET, aspect_ratio_grouping=False)
+        assert not caplog.records
+        _loader([{"i": 0}])
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "aspect-ratio grouping: the dataset dicts have no width/height; one group"
+    )
+
+
+def test_loader_defaults_and_map_style_datasets():
+    sampler = TrainingSampler(len(DATASET), seed=0)
+    loader = ResumableTrainLoader(DATASET, lambda d: d["i"], sampler, 2)
+    assert (loader.num_workers, loader.seed, loader.start_iter) == (0, 0, 0)
+    assert loader.group_ids is not None  # grouping is on by default
+
+    class Squares(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return i * i
+
+    squares = Squares()
+    loader = ResumableTrainLoader(squares, lambda x: x, TrainingSampler(5, seed=0), 2)
+    assert loader.dataset is squares and loader.group_ids is None
+    batches = _take(iter(loader), 3)
+    indices = _take(loader.index_batches(), 3)
+    assert batches == [[i * i for i in b] for b in indices]
 
 
 def test_loader_maps_each_batch_of_the_index_stream():
@@ -124,29 +164,36 @@ def test_dropped_samples_are_replaced_deterministically(caplog):
     """A mapper returning None drops the sample; as in detectron2's MapDataset another index is
     tried, here drawn with python's ``random`` seeded from the sample's place in the stream, so
     the replacement is the same in every run and on resume. Warned from the third attempt."""
-    keep = {5}  # only index 5 survives the mapper: most samples need several attempts
+    n = len(DATASET)
+    first = next(_loader(DATASET, batch_size=1).index_batches())[0]
+    # The indices sample (0, 0) tries: its own, then random.randrange(n) under its seed. Keep
+    # only one index that comes late, so that it takes at least five attempts.
+    seed_all_rngs(derive_seed(SEED, 1, 0, 0, 0))
+    draws = [first] + [random.randrange(n) for _ in range(200)]
+    kept = next(i for i in draws[4:] if i not in draws[:4])
+    attempts = draws[: draws.index(kept) + 1]
+    assert len(attempts) >= 5
     calls = []
 
     def mapper(d):
         calls.append(d["i"])
-        return d["i"] if d["i"] in keep else None
+        return d["i"] if d["i"] == kept else None
 
-    loader = _loader(DATASET, mapper=mapper, batch_size=2)
-    want_first = _take(loader.index_batches(), 3)
+    loader = _loader(DATASET, mapper=mapper, batch_size=1)
     with caplog.at_level(logging.WARNING, logger=resume.__name__):
-        batches = _take(iter(loader), 3)
-    assert batches == [[5, 5]] * 3
-    assert any("failed to map sample" in r.getMessage() for r in caplog.records)
-    # The attempts of sample (0, 0): its own index, then random.randrange(n) under its seed.
-    seed_all_rngs(derive_seed(SEED, 1, 0, 0, 0))
-    attempts = [want_first[0][0]]
-    while attempts[-1] not in keep:
-        attempts.append(random.randrange(len(DATASET)))
-    assert calls[: len(attempts)] == attempts
-    # Resumed at iteration 2: the same sample, after the same attempts.
+        assert next(iter(loader)) == [kept]
+    assert calls == attempts
+    # Warned from the third failure on, naming the failed index and the count.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"failed to map sample {attempts[k - 1]} for {k} times, trying another"
+        for k in range(3, len(attempts))
+    ]
+    loader = _loader(DATASET, mapper=mapper, batch_size=2)
+    assert _take(iter(loader), 3) == [[kept, kept]] * 3
+    # Resumed at iteration 2: the same samples, after the same attempts.
     calls.clear()
     loader.set_start(2)
-    assert next(iter(loader)) == [5, 5]
+    assert next(iter(loader)) == [kept, kept]
     first = calls[:]
     calls.clear()
     loader.set_start(2)
@@ -231,9 +278,13 @@ def test_hook_starts_the_loader_where_the_trainer_is(caplog):
     with caplog.at_level(logging.WARNING, logger=resume.__name__):
         hook.before_train()
         assert not caplog.records
-        hook.trainer.iter = 3
+        hook.trainer.iter = 1
         hook.before_train()
-    assert "resuming at iteration 3 with a list" in caplog.records[0].getMessage()
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "resuming at iteration 1 with a list: the data stream restarts, the run is not the "
+        "uninterrupted one (use glid.engine.build_train_loader)"
+    )
 
 
 def test_training_seed():
@@ -267,3 +318,34 @@ def test_build_train_loader_from_config(synth_root):
     cfg.SOLVER.IMS_PER_BATCH = 0
     with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH=0 must be a multiple of 1"):
         resume.build_train_loader(cfg, mapper=lambda d: d)
+
+
+def test_build_train_loader_passes_dataset_sampler_and_loader_keys():
+    cfg = make_tiny_cfg(
+        "SOLVER.IMS_PER_BATCH", 1,
+        "DATALOADER.NUM_WORKERS", 2,
+        "DATALOADER.ASPECT_RATIO_GROUPING", True,
+        "SEED", 5,
+    )  # fmt: skip
+    sampler = TrainingSampler(len(DATASET), seed=0)
+    loader = resume.build_train_loader(cfg, lambda d: d["i"], dataset=DATASET, sampler=sampler)
+    assert loader.sampler is sampler and [loader.dataset[i] for i in range(9)] == DATASET
+    assert (loader.batch_size, loader.num_workers, loader.seed) == (1, 2, 5)
+    assert loader.group_ids == _loader(DATASET).group_ids
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    loader = resume.build_train_loader(cfg, lambda d: d["i"], dataset=DATASET, sampler=sampler)
+    assert loader.group_ids is None
+
+
+def test_iterable_datasets_fall_back_to_detectron2s_loader(caplog):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from ({"i": i} for i in range(100))
+
+    cfg = make_tiny_cfg("SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0)
+    with caplog.at_level(logging.WARNING, logger=resume.__name__):
+        loader = resume.build_train_loader(cfg, lambda d: d["i"], dataset=Stream())
+    assert not isinstance(loader, ResumableTrainLoader)
+    assert [r.getMessage() for r in caplog.records] == [
+        "iterable-style training dataset: its stream is not resumable exactly"
+    ]

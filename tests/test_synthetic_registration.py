@@ -17,6 +17,7 @@ from glid.data import (
     COCO_PERSON_KEYPOINT_NAMES,
     SYNTH_SEM_SEG_CLASSES,
     SYNTH_THING_CLASSES,
+    register_all_synthetic,
 )
 from glid.data.datasets.register_synthetic import (
     DEPTH_METADATA,
@@ -24,7 +25,13 @@ from glid.data.datasets.register_synthetic import (
     load_image_folder,
     synthetic_dataset_names,
 )
-from glid.data.datasets.synthetic_meta import SYNTH_STUFF_COLORS, SYNTH_THING_COLORS
+from glid.data.datasets.synthetic_meta import (
+    SYNTH_STUFF_COLORS,
+    SYNTH_THING_COLORS,
+    default_root,
+    hsv_to_rgb,
+    synthetic_dir,
+)
 from tests.task_harness import TEST_PREFIX
 
 # The ``synth_root`` fixture (tests/conftest.py): 8 train and 4 val images of 128 x 128.
@@ -43,7 +50,50 @@ FLIP_MAP = [
 
 def test_dataset_names():
     assert synthetic_dataset_names("p") == [f"p_{t}_{s}" for t in TASKS for s in ("train", "val")]
-    assert len(synthetic_dataset_names()) == 12
+    assert synthetic_dataset_names() == synthetic_dataset_names("glid_synth")
+    assert synthetic_dataset_names()[0] == "glid_synth_sem_seg_train"
+
+
+def test_registration_keeps_names_taken_and_registers_the_rest(tmp_path, caplog):
+    import logging
+    import uuid
+
+    prefix = f"glid_test_keep_{uuid.uuid4().hex[:6]}"
+    taken = f"{prefix}_sem_seg_train"  # the first name registered
+    DatasetCatalog.register(taken, list)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="glid.data.datasets.register_synthetic"):
+            names = register_all_synthetic(str(tmp_path), prefix=prefix)
+        assert names == synthetic_dataset_names(prefix)
+        assert all(n in DatasetCatalog for n in names)
+        assert DatasetCatalog.get(taken) == []  # the one already there is kept
+        assert f"{taken} is already registered; keeping it" in caplog.messages
+        # Without a prefix: the default names (registered on import, so kept as they are).
+        assert register_all_synthetic(str(tmp_path)) == synthetic_dataset_names("glid_synth")
+    finally:
+        for name in synthetic_dataset_names(prefix):
+            DatasetCatalog.pop(name, None)
+            MetadataCatalog.pop(name, None)
+
+
+def test_default_root_and_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    assert default_root() == "datasets" and synthetic_dir() == os.path.join(
+        "datasets", "glid_synth"
+    )
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    assert synthetic_dir() == os.path.join(str(tmp_path), "glid_synth")
+    assert synthetic_dir("r") == os.path.join("r", "glid_synth")
+
+
+def test_colors_pinned():
+    assert hsv_to_rgb(0, 1, 1) == (255, 0, 0) and hsv_to_rgb(120, 1, 1) == (0, 255, 0)
+    assert hsv_to_rgb(240, 1, 1) == (0, 0, 255) and hsv_to_rgb(600, 1, 1) == (0, 0, 255)
+    assert hsv_to_rgb(275, 0.8, 0.9) == (153, 46, 230)  # colorsys, by hand: (0.6, 0.18, 0.9)
+    assert SYNTH_THING_COLORS == (
+        (230, 34, 34), (230, 132, 34), (230, 223, 34), (148, 34, 230), (230, 34, 164),
+        (34, 230, 197),
+    )  # fmt: skip
 
 
 def _stem(path):
@@ -230,7 +280,7 @@ def test_depth_split_file_lines(synth_root, tmp_path):
     depth = os.path.join(synth_root, "glid_synth", "depth")
     split_file = tmp_path / "split.txt"
     split_file.write_text(
-        "\n# header\ntrain/000001_rgb.jpg train/000001_depth.png  # no focal\n"
+        "\n# header # with a second hash\ntrain/000001_rgb.jpg train/000001_depth.png  # no f\n"
         "   \n/train/000002_rgb.jpg /train/000002_depth.png 500.5\n"
     )
     a, b = load_depth_pairs(str(split_file), root=depth)
@@ -238,7 +288,14 @@ def test_depth_split_file_lines(synth_root, tmp_path):
     assert (a["image_id"], b["image_id"]) == (0, 1)
     assert a["file_name"] == os.path.join(depth, "train", "000001_rgb.jpg")
     assert b["depth_file_name"] == os.path.join(depth, "train", "000002_depth.png")
-    # Paths are relative to the split file's folder by default.
+    # Only a leading "/" is stripped; paths are relative to the split file's folder by default.
+    import shutil
+
+    shutil.copy(a["file_name"], tmp_path / "X_rgb.jpg")
+    (tmp_path / "x.txt").write_text("X_rgb.jpg X_depth.png 1.5\n")
+    (c,) = load_depth_pairs(str(tmp_path / "x.txt"))
+    assert c["file_name"] == str(tmp_path / "X_rgb.jpg")
+    assert c["depth_file_name"] == str(tmp_path / "X_depth.png")
     (tmp_path / "bad.txt").write_text("train/000001_rgb.jpg\n")
     with pytest.raises(ValueError, match=r"bad\.txt: expected 'rgb depth \[focal\]'"):
         load_depth_pairs(str(tmp_path / "bad.txt"), root=depth)
