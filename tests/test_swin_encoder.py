@@ -190,3 +190,18 @@ def test_patch_size_and_pretrain_size_from_config():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     assert [tuple(o.shape[-2:]) for o in out.values()] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+
+
+def test_checkpointed_stages_train_with_a_frozen_patch_embedding():
+    """Non-reentrant checkpointing: with the patch embedding frozen (its tokens need no
+    gradient), the checkpointed stages still get gradients, the same as without checkpoints."""
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = tiny_swin(use_checkpoint=use_checkpoint, drop_path_rate=0.0).train()
+        model.swin.patch_embed.requires_grad_(False)
+        model(torch.randn(1, 3, 64, 64))["res5"].square().sum().backward()
+        grad = model.swin.layers[0].blocks[0].mlp.fc1.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+        grads.append(grad)
+    torch.testing.assert_close(grads[1], grads[0])
