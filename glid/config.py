@@ -232,3 +232,20 @@ def add_glid_config(cfg: CN) -> None:
     # (COCO: flip, large-scale jitter INPUT.LSJ, as the detection mapper's "LSJ").
     cfg.INPUT.SEGMENTATION_AUGMENTATION = "SCALE_JITTER"
 
+    # ---- instance / panoptic inference ----
+    cfg.MODEL.GLID.TEST = CN()
+    # Instances per image (ins; pan with INSTANCE_ON): the k best (query, class) pairs by class
+    # probability, no-object excluded (Mask2Former's test top-k).
+    cfg.MODEL.GLID.TEST.INSTANCE_TOPK = 100
+    # Panoptic merge (Mask2Former): queries whose most probable class is no-object or whose
+    # probability is at most OBJECT_MASK_THRESHOLD are dropped; a query's segment is dropped when
+    # the pixels it wins cover less than OVERLAP_THRESHOLD of its own mask (probability >= 0.5).
+    cfg.MODEL.GLID.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.GLID.TEST.OVERLAP_THRESHOLD = 0.8
+    # Outputs of the panoptic task (Mask2Former's PANOPTIC_ON / SEMANTIC_ON / INSTANCE_ON):
+    # `panoptic_seg`, `sem_seg` (per-class scores) and `instances` (thing classes only); the
+    # evaluator of a panoptic dataset adds PQ, mIoU and mask / box AP for those that are on and
+    # whose ground truth the dataset has.
+    cfg.MODEL.GLID.TEST.PANOPTIC_ON = True
+    cfg.MODEL.GLID.TEST.SEMANTIC_ON = False
+    cfg.MODEL.GLID.TEST.INSTANCE_ON = False

@@ -20,6 +20,10 @@ OVERFIT = {
     # measured after 150 iterations: loss 16.0 -> 4.6, AP 20.4 and 56.8 in two runs (random
     # flips make it vary from run to run).
     "det": {"iters": 150, "loss_factor": 3.0, "metric": ("bbox", "AP"), "min": 10.0},
+    # MEASURE_INS
+    "ins": {"iters": 100, "loss_factor": 2.0, "metric": ("segm", "AP"), "min": 0.0},
+    # MEASURE_PAN
+    "pan": {"iters": 100, "loss_factor": 2.0, "metric": ("panoptic_seg", "PQ"), "min": 0.0},
     # MEASURE_CLS
     "cls": {"iters": 60, "loss_factor": 3.0, "metric": ("classification", "top1"), "min": 100.0},
     # MEASURE_MIM

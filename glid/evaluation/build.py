@@ -6,17 +6,18 @@ under the ``evaluator_type`` it serves (its function name).
 
 from __future__ import annotations
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
+    DatasetEvaluators,
     SemSegEvaluator,
 )
 from detectron2.utils.registry import Registry
 
 from .classification_evaluation import ClassificationEvaluator
 from .mim_evaluation import MIMEvaluator
+from .panoptic_evaluation import PanopticEvaluator, PanopticSemSegEvaluator, ThingInstanceEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
 
@@ -45,10 +46,43 @@ def coco(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
     return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
+def _panoptic_dataset_evaluators(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """What a panoptic dataset can score of the task's outputs (Mask2Former's choice): PQ of
+    ``panoptic_seg``; mIoU of ``sem_seg`` when the dataset has semantic ground truth
+    (``sem_seg_file_name``); thing mask / box AP of ``instances`` when it has instance
+    annotations (``json_file``). The panoptic task's outputs are those of
+    ``MODEL.GLID.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON``; the semantic / instance tasks have one."""
+    task, test = cfg.MODEL.GLID.TASK, cfg.MODEL.GLID.TEST
+    metadata = MetadataCatalog.get(dataset_name)
+    evaluators = []
+    if task == "pan" and test.PANOPTIC_ON:
+        evaluators.append(PanopticEvaluator(dataset_name, output_folder))
+    if task == "sem" or (task == "pan" and test.SEMANTIC_ON):
+        dicts = DatasetCatalog.get(dataset_name)
+        if dicts and "sem_seg_file_name" in dicts[0]:
+            evaluators.append(PanopticSemSegEvaluator(dataset_name, output_folder))
+    if (task == "ins" or (task == "pan" and test.INSTANCE_ON)) and metadata.get("json_file", None):
+        evaluators.append(ThingInstanceEvaluator(dataset_name, output_folder))
+    if not evaluators:
+        raise ValueError(
+            f"task {task!r} on panoptic dataset {dataset_name!r}: nothing to evaluate (its "
+            "outputs are off in MODEL.GLID.TEST or the dataset lacks their ground truth)"
+        )
+    return DatasetEvaluators(evaluators)
+
+
 @EVALUATOR_REGISTRY.register()
 def coco_panoptic_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
-    """PQ / SQ / RQ through panopticapi (``COCOPanopticEvaluator``)."""
-    return COCOPanopticEvaluator(dataset_name, output_folder)
+    """PQ / SQ / RQ through panopticapi, plus mIoU and thing mask / box AP where the outputs and
+    the ground truth exist (:func:`_panoptic_dataset_evaluators`)."""
+    return _panoptic_dataset_evaluators(cfg, dataset_name, output_folder)
+
+
+@EVALUATOR_REGISTRY.register()
+def ade20k_panoptic_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """ADE20K panoptic: as ``coco_panoptic_seg`` (Mask2Former reports PQ, mIoU and mask AP of one
+    ADE20K panoptic model)."""
+    return _panoptic_dataset_evaluators(cfg, dataset_name, output_folder)
 
 
 @EVALUATOR_REGISTRY.register()

@@ -1,4 +1,5 @@
-"""Box conversions, pairwise IoU / generalized IoU and ``inverse_sigmoid``: small pure functions.
+"""Box conversions, pairwise IoU / generalized IoU, boxes of masks and ``inverse_sigmoid``: small
+pure functions.
 
 Boxes are ``(cx, cy, w, h)`` ("cxcywh") or ``(x0, y0, x1, y1)`` ("xyxy") in the last dimension,
 in any unit (detection uses cxcywh normalized by the image size in its losses).
@@ -14,6 +15,7 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "generalized_box_iou",
     "inverse_sigmoid",
+    "masks_to_boxes",
 ]
 
 
@@ -78,3 +80,32 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``log(x / (1 - x))`` with x clamped to [eps, 1 - eps] (any shape)."""
     x = x.clamp(min=eps, max=1 - eps)
     return torch.log(x / (1 - x))
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes of binary masks, in pixels, detectron2's convention (``BitMasks``): a box
+    covers whole pixels, so a mask whose pixels span columns x0..x1 and rows y0..y1 (inclusive)
+    gets ``(x0, y0, x1 + 1, y1 + 1)``; a single pixel at (row y, column x) is the unit box
+    ``(x, y, x + 1, y + 1)``. An empty mask gets the zero box ``(0, 0, 0, 0)``.
+
+    Args:
+        masks: (N, H, W) bool (or 0/1) masks.
+
+    Returns:
+        (N, 4) float32 xyxy boxes.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
+    masks = masks.bool()
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    in_column, in_row = masks.any(dim=1), masks.any(dim=2)  # (N, W), (N, H)
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32).expand(n, w)
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32).expand(n, h)
+    x0 = torch.where(in_column, xs, torch.full_like(xs, w)).amin(dim=1)
+    y0 = torch.where(in_row, ys, torch.full_like(ys, h)).amin(dim=1)
+    x1 = torch.where(in_column, xs + 1, torch.zeros_like(xs)).amax(dim=1)
+    y1 = torch.where(in_row, ys + 1, torch.zeros_like(ys)).amax(dim=1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return torch.where(in_column.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))

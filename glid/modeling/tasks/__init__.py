@@ -4,8 +4,10 @@ from .base import DecoderInputs, GLIDTask
 from .build import TASK_REGISTRY, build_task, build_task_head, get_task_class, register_task
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .instance import InstanceSegmentationTask
 from .mask_classification import MaskClassificationTask
 from .mim import MaskedImageModelingTask
+from .panoptic import PanopticSegmentationTask
 from .semantic import SemanticSegmentationTask
 
 __all__ = [
@@ -14,8 +16,10 @@ __all__ = [
     "DecoderInputs",
     "DetectionTask",
     "GLIDTask",
+    "InstanceSegmentationTask",
     "MaskClassificationTask",
     "MaskedImageModelingTask",
+    "PanopticSegmentationTask",
     "SemanticSegmentationTask",
     "build_task",
     "build_task_head",

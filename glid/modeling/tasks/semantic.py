@@ -8,7 +8,21 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from .build import register_task
 from .mask_classification import MaskClassificationTask
 
-__all__ = ["SemanticSegmentationTask"]
+__all__ = ["SemanticSegmentationTask", "semantic_inference"]
+
+
+def semantic_inference(logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Mask2Former's per-pixel class scores: sum over queries of p(class) x p(pixel in mask),
+    no-object's probability mass dropped.
+
+    Args:
+        logits: (N, C+1) class logits (the last is no-object).
+        mask_logits: (N, H, W) mask logits.
+
+    Returns:
+        (C, H, W) scores.
+    """
+    return torch.einsum("qc,qhw->chw", logits.softmax(-1)[:, :-1], mask_logits.sigmoid())
 
 
 @register_task("sem")
@@ -26,5 +40,5 @@ class SemanticSegmentationTask(MaskClassificationTask):
         output_size: tuple[int, int],
     ) -> dict:
         """``{"sem_seg": (C, height, width) scores}``."""
-        scores = torch.einsum("qc,qhw->chw", logits.softmax(-1)[:, :-1], mask_logits.sigmoid())
+        scores = semantic_inference(logits, mask_logits)
         return {"sem_seg": sem_seg_postprocess(scores, image_size, *output_size)}
