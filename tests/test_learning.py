@@ -24,10 +24,13 @@ OVERFIT = {
     "ins": {"iters": 100, "loss_factor": 2.0, "metric": ("segm", "AP"), "min": 0.0},
     # MEASURE_PAN
     "pan": {"iters": 100, "loss_factor": 2.0, "metric": ("panoptic_seg", "PQ"), "min": 0.0},
-    # MEASURE_CLS
-    "cls": {"iters": 60, "loss_factor": 3.0, "metric": ("classification", "top1"), "min": 100.0},
-    # MEASURE_MIM
-    "mim": {"iters": 100, "loss_factor": 1.5, "metric": ("mim", "loss"), "max": 0.7},
+    # 6 classes, two images of classes 0 and 1: chance top-1 is about 17; measured after 60
+    # iterations: loss 0.78 -> 0.002, top-1 100.
+    "cls": {"iters": 40, "loss_factor": 3.0, "metric": ("classification", "top1"), "min": 100.0},
+    # Reconstruction loss of normalized units (fixed evaluation masks): the mean colour of each
+    # unit scores 1.0, an untrained model about 1.3; measured after 100 iterations: training
+    # loss (3 decoder layers) 3.87 -> 2.08, evaluation 0.60.
+    "mim": {"iters": 100, "loss_factor": 1.5, "metric": ("mim", "loss"), "max": 0.8},
 }
 FIXED_SIZE = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.CROP.ENABLED", "False"]
 
