@@ -110,6 +110,8 @@ def test_loader_defaults_and_map_style_datasets():
             return 5
 
         def __getitem__(self, i):
+            if not 0 <= i < 5:
+                raise IndexError(i)
             return i * i
 
     squares = Squares()
