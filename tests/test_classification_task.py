@@ -279,13 +279,6 @@ def test_class_ids_out_of_range_are_refused(labels):
         _losses(_task(num_classes=3), [{"class_id": c} for c in labels])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with mixup / cutmix on, prepare_batch one-hot encodes the class ids (timm) before "
-    "losses() checks their range: an out-of-range id fails inside timm's scatter_ (CPU: "
-    "'index 6 is out of bounds', CUDA: a device-side assert) instead of naming "
-    "MODEL.GLID.NUM_CLASSES",
-)
 @pytest.mark.parametrize("labels", [[0, 6], [-1, 2]])
 def test_class_ids_out_of_range_are_refused_with_mixing_on(labels):
     task = _task(mixup=0.8)

@@ -524,3 +524,23 @@ def test_without_xavier_init_the_blocks_keep_their_own_init():
         assert m.weight.std() < 0.03
     # the decoder's FFN keeps PyTorch's default (non-zero) biases
     assert any(m.bias is not None and torch.count_nonzero(m.bias) > 0 for m in linears["decoder"])
+
+
+def test_crop_size_must_tile_into_units():
+    from detectron2.modeling import build_model
+
+    from tests.task_harness import tiny_task_cfg
+
+    cfg = tiny_task_cfg("mim", "INPUT.RANDOM_RESIZED_CROP.SIZE", "112")
+    with pytest.raises(ValueError, match=r"RANDOM_RESIZED_CROP\.SIZE=112 must be a multiple"):
+        build_model(cfg)
+
+
+def test_numpy_integer_image_ids_give_the_same_eval_mask_as_python_ints():
+    import numpy as np
+
+    from glid.modeling.tasks.mim import _image_generator
+
+    a = torch.randperm(16, generator=_image_generator(7))
+    b = torch.randperm(16, generator=_image_generator(np.int64(7)))
+    assert torch.equal(a, b)

@@ -138,12 +138,18 @@ class ClassificationTask(GLIDTask):
         inputs = [dict(x, soft_target=t) for x, t in zip(batched_inputs, soft)]
         return ImageList(mixed, images.image_sizes), inputs
 
-    @staticmethod
-    def _labels(batched_inputs: list[dict], device: torch.device) -> torch.Tensor:
+    def _labels(self, batched_inputs: list[dict], device: torch.device) -> torch.Tensor:
+        """The inputs' ``class_id`` s, checked against the class count."""
         for x in batched_inputs:
             if "class_id" not in x:
                 raise KeyError(f"training input {x.get('file_name', '?')} has no 'class_id'")
-        return torch.tensor([int(x["class_id"]) for x in batched_inputs], device=device)
+        labels = [int(x["class_id"]) for x in batched_inputs]
+        if max(labels) >= self.num_classes or min(labels) < 0:
+            raise ValueError(
+                f"class ids {sorted(set(labels))} out of range for "
+                f"MODEL.GLID.NUM_CLASSES={self.num_classes}"
+            )
+        return torch.tensor(labels, device=device)
 
     def predictions(self, answers: dict, mask_features, query_points) -> dict:
         """``logits`` (B, C)."""
@@ -160,11 +166,6 @@ class ClassificationTask(GLIDTask):
             loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
             labels = self._labels(batched_inputs, logits.device)
-            if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
-                raise ValueError(
-                    f"class ids {sorted(set(labels.tolist()))} out of range for "
-                    f"MODEL.GLID.NUM_CLASSES={self.num_classes}"
-                )
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         return {"loss_cls": loss}
 

@@ -17,6 +17,7 @@ resume) and from the image id at evaluation, so that evaluation numbers repeat.
 
 from __future__ import annotations
 
+import numbers
 import zlib
 
 import torch
@@ -100,7 +101,10 @@ def unit_index(points: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def _image_generator(image_id) -> torch.Generator:
     """A generator seeded from an image id (int or str), for repeatable evaluation masks."""
-    seed = image_id if isinstance(image_id, int) else zlib.crc32(str(image_id).encode())
+    if isinstance(image_id, numbers.Integral):
+        seed = int(image_id)
+    else:
+        seed = zlib.crc32(str(image_id).encode())
     return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -116,6 +120,8 @@ class MaskedImageModelingTask(GLIDTask):
         xavier_init: xavier-uniform init of the Transformer blocks' Linear layers (Tab. 5).
         deep_supervision: the loss on every decoder layer's reconstruction.
         encoder_stride: stride of the encoder's last stage (encoder-only: one token per unit).
+        pixel_mean, pixel_std: the model's input normalization (reconstructions in pixels).
+        crop_size: the image-level mapper's crop side, which units must tile.
     """
 
     dataset_mapper = "ImageClassificationDatasetMapper"
@@ -137,6 +143,7 @@ class MaskedImageModelingTask(GLIDTask):
         encoder_stride: int,
         pixel_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
         pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
+        crop_size: int | None = None,
     ):
         super().__init__()
         if unit_size % 32:
@@ -147,6 +154,12 @@ class MaskedImageModelingTask(GLIDTask):
             raise ValueError(
                 f"the encoder-only MIM baseline reads one stride-{encoder_stride} encoder token "
                 f"per unit: MODEL.GLID.MIM.UNIT_SIZE must be {encoder_stride}, got {unit_size}"
+            )
+        if crop_size is not None and crop_size % unit_size:
+            # Units would straddle the batch padding (and count padding in the loss).
+            raise ValueError(
+                f"INPUT.RANDOM_RESIZED_CROP.SIZE={crop_size} must be a multiple of "
+                f"MODEL.GLID.MIM.UNIT_SIZE={unit_size}"
             )
         self.unit_size = unit_size
         self.mask_ratio = mask_ratio
@@ -172,6 +185,7 @@ class MaskedImageModelingTask(GLIDTask):
             "encoder_stride": cfg.MODEL.SWIN.PATCH_SIZE * 8,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "crop_size": cfg.INPUT.RANDOM_RESIZED_CROP.SIZE,
         }
 
     @classmethod
