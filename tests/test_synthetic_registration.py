@@ -316,3 +316,24 @@ def test_image_folder_skips_other_files_and_missing_classes(tmp_path):
     assert [d["class_id"] for d in load_image_folder(str(tmp_path))] == [0, 1]  # sorted: a, b
     with pytest.raises(ValueError, match=r"folders \['b'\] not in classes"):
         load_image_folder(str(tmp_path), classes=["a"])
+
+
+def test_missing_data_error_names_the_root_and_the_commands(tmp_path):
+    import uuid
+
+    prefix = f"glid_test_missing_{uuid.uuid4().hex[:6]}"
+    root = str(tmp_path / "nowhere")
+    names = register_all_synthetic(root, prefix=prefix)
+    try:
+        for name in names:
+            with pytest.raises(FileNotFoundError) as error:
+                DatasetCatalog.get(name)
+            message = str(error.value)
+            assert message.startswith(os.path.join(root, "glid_synth") + os.sep)
+            assert f"under {root!r} has not been generated" in message
+            assert f"python datasets/prepare_synthetic.py --root {root}`" in message
+            assert f"generate_synthetic_dataset({root!r})" in message
+    finally:
+        for name in names:
+            DatasetCatalog.pop(name, None)
+            MetadataCatalog.pop(name, None)
