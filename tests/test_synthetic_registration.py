@@ -337,3 +337,45 @@ def test_missing_data_error_names_the_root_and_the_commands(tmp_path):
         for name in names:
             DatasetCatalog.pop(name, None)
             MetadataCatalog.pop(name, None)
+
+
+def test_generation_is_logged(tmp_path, caplog):
+    import logging
+
+    from glid.data.synthetic import generate_synthetic_dataset
+
+    with caplog.at_level(logging.INFO, logger="glid.data.synthetic.writer"):
+        out = generate_synthetic_dataset(str(tmp_path), num_train=1, num_val=1, image_size=(32, 32))
+        generate_synthetic_dataset(str(tmp_path), num_train=1, num_val=1, image_size=(32, 32))
+    first, second = caplog.messages
+    assert first.startswith(f"Generated synthetic dataset {out} in ") and first.endswith("s")
+    assert 0.0 <= float(first.rsplit(" ", 1)[1][:-1]) < 300.0  # the time it took, in seconds
+    assert second == f"Synthetic dataset {out} is up to date"
+
+
+def _disc(hw, cx, cy, r):
+    ys, xs = np.mgrid[: hw[0], : hw[1]]
+    return (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+
+
+def test_annotatable_rejects_small_parts_slivers_and_holes():
+    """An instance is annotated only if every part is big (>= min_area // 3), has a core that
+    survives a 3x3 erosion, and the mask has no holes."""
+    from glid.data.synthetic.shapes import annotatable
+
+    hw = (40, 40)
+    disc = _disc(hw, 25, 25, 8)  # ~200 px
+    assert annotatable(disc, min_area=100)
+    assert not annotatable(np.zeros(hw, bool), min_area=1)
+    # A second, small part scanned first (top left): 5 x 5 = 25 px < 100 // 3.
+    two = disc.copy()
+    two[1:6, 1:6] = True
+    assert not annotatable(two, min_area=100)
+    assert annotatable(two, min_area=75)  # 25 px >= 75 // 3
+    # A 2-px-wide bar: big enough, but no 3x3-eroded core.
+    bar = np.zeros(hw, bool)
+    bar[5:7, 2:38] = True
+    assert not annotatable(bar, min_area=30)
+    # A ring (the disc with a hole).
+    ring = disc & ~_disc(hw, 25, 25, 3)
+    assert not annotatable(ring, min_area=30)
