@@ -5,6 +5,7 @@ issue 13)."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import cv2
@@ -379,3 +380,24 @@ def test_annotatable_rejects_small_parts_slivers_and_holes():
     # A ring (the disc with a hole).
     ring = disc & ~_disc(hw, 25, 25, 3)
     assert not annotatable(ring, min_area=30)
+
+
+def test_unit_outlines_by_hand():
+    """Circumradius 1 around 0: the triangle points up (image y down) at -90, 30, 150 degrees,
+    the square's corners on the diagonals, the star alternates radii 1 and 0.45."""
+    from glid.data.synthetic.shapes import _unit_outline
+
+    s3 = math.sqrt(3) / 2
+    tri = _unit_outline("triangle", 0.5)
+    np.testing.assert_allclose(tri, [[0, -1], [s3, 0.5], [-s3, 0.5]], atol=1e-12)
+    sq = _unit_outline("square", 0.5)
+    h = math.sqrt(0.5)
+    np.testing.assert_allclose(sq, [[h, h], [-h, h], [-h, -h], [h, -h]], atol=1e-12)
+    star = _unit_outline("star", 0.5)
+    assert star.shape == (10, 2)
+    np.testing.assert_allclose(np.hypot(*star.T), [1.0, 0.45] * 5, atol=1e-12)
+    ellipse = _unit_outline("ellipse", 0.5)
+    assert ellipse.shape == (48, 2) and np.abs(ellipse[:, 1]).max() == pytest.approx(0.5)
+    assert np.hypot(*_unit_outline("circle", 0.5).T) == pytest.approx(np.ones(48))
+    with pytest.raises(ValueError, match="unknown shape class 'hexagon'"):
+        _unit_outline("hexagon", 0.5)
