@@ -62,6 +62,7 @@ def test_registration_keeps_names_taken_and_registers_the_rest(tmp_path, caplog)
     prefix = f"glid_test_keep_{uuid.uuid4().hex[:6]}"
     taken = f"{prefix}_sem_seg_train"  # the first name registered
     DatasetCatalog.register(taken, list)
+    missing = []
     try:
         with caplog.at_level(logging.DEBUG, logger="glid.data.datasets.register_synthetic"):
             names = register_all_synthetic(str(tmp_path), prefix=prefix)
@@ -70,9 +71,10 @@ def test_registration_keeps_names_taken_and_registers_the_rest(tmp_path, caplog)
         assert DatasetCatalog.get(taken) == []  # the one already there is kept
         assert f"{taken} is already registered; keeping it" in caplog.messages
         # Without a prefix: the default names (registered on import, so kept as they are).
+        missing = [n for n in synthetic_dataset_names("glid_synth") if n not in DatasetCatalog]
         assert register_all_synthetic(str(tmp_path)) == synthetic_dataset_names("glid_synth")
     finally:
-        for name in synthetic_dataset_names(prefix):
+        for name in synthetic_dataset_names(prefix) + missing:
             DatasetCatalog.pop(name, None)
             MetadataCatalog.pop(name, None)
 
