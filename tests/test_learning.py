@@ -20,10 +20,13 @@ OVERFIT = {
     # measured after 150 iterations: loss 16.0 -> 4.6, AP 20.4 and 56.8 in two runs (random
     # flips make it vary from run to run).
     "det": {"iters": 150, "loss_factor": 3.0, "metric": ("bbox", "AP"), "min": 10.0},
-    # MEASURE_INS
-    "ins": {"iters": 100, "loss_factor": 2.0, "metric": ("segm", "AP"), "min": 0.0},
-    # MEASURE_PAN
-    "pan": {"iters": 100, "loss_factor": 2.0, "metric": ("panoptic_seg", "PQ"), "min": 0.0},
+    # 6 classes, 16 queries. Measured after 100 iterations (2 CPU cores shared by ~5 jobs,
+    # load 10: 1157 s): loss 36.8 -> 3.5, segm AP 87.7 (bbox AP, from the masks, 79.0).
+    "ins": {"iters": 100, "loss_factor": 3.0, "metric": ("segm", "AP"), "min": 40.0},
+    # 9 classes (6 things, 3 stuff): untrained, no query's class probability passes the 0.8
+    # object threshold, so PQ is 0. Measured after 100 iterations (same shared cores, load 6:
+    # 258 s): loss 41.7 -> 9.4, PQ 20.8.
+    "pan": {"iters": 100, "loss_factor": 2.5, "metric": ("panoptic_seg", "PQ"), "min": 8.0},
     # 6 classes, two images of classes 0 and 1: chance top-1 is about 17; measured after 60
     # iterations: loss 0.78 -> 0.002, top-1 100.
     "cls": {"iters": 40, "loss_factor": 3.0, "metric": ("classification", "top1"), "min": 100.0},
