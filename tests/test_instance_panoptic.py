@@ -351,3 +351,35 @@ def test_demo_draws_instances_with_boxes_and_panoptic_labels():
     ]
     drawn = draw_predictions(image, {"panoptic_seg": (ids, info)}, metadata).get_image()
     assert (drawn[ids.numpy() == 1] != 128).any() and (drawn[ids.numpy() == 2] != 128).any()
+
+
+# ---- full-size configs ----
+
+
+@pytest.mark.parametrize(
+    "name, task, classes, things, augmentation",
+    [
+        ("ade20k_ins_glid", "ins", 100, None, "SCALE_JITTER"),
+        ("ade20k_pan_glid", "pan", 150, 100, "SCALE_JITTER"),
+        ("coco_ins_glid", "ins", 80, None, "LSJ"),
+        ("coco_pan_glid", "pan", 133, 80, "LSJ"),
+    ],
+)
+def test_full_size_configs(name, task, classes, things, augmentation):
+    cfg = get_cfg()
+    glid.add_glid_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", f"{name}.yaml"))
+    g = cfg.MODEL.GLID
+    assert (g.TASK, g.NUM_CLASSES, g.NUM_QUERIES) == (task, classes, 100)
+    assert cfg.INPUT.SEGMENTATION_AUGMENTATION == augmentation
+    # Tab. 7: AdamW 1e-4 (encoder 1e-5), batch 16, weight decay 0.05, drop path 0.1 / 0.2.
+    s = cfg.SOLVER
+    assert (s.OPTIMIZER, s.BASE_LR, s.BACKBONE_MULTIPLIER) == ("ADAMW", 1e-4, 0.1)
+    assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY) == (16, 0.05)
+    assert (cfg.MODEL.SWIN.DROP_PATH_RATE, g.DECODER.DROP_PATH) == (0.1, 0.2)
+    if name.startswith("ade20k"):
+        assert (s.MAX_ITER, s.LR_SCHEDULER_NAME) == (160000, "WarmupPolyLR")
+    if task == "pan":
+        assert g.TEST.PANOPTIC_ON and g.TEST.SEMANTIC_ON and g.TEST.INSTANCE_ON
+        assert len(thing_classes_of(cfg)) == things
+        assert MetadataCatalog.get(cfg.DATASETS.TEST[0]).evaluator_type.endswith("panoptic_seg")
