@@ -379,13 +379,6 @@ def test_msdeformattn_encoder_inputs_and_fpn_output(monkeypatch):
     assert [tuple(m.shape[-2:]) for m in multi_scale] == [(2, 3), (4, 6), (8, 12)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: MSDeformAttn.forward casts offsets, reference points (.float()) and attention "
-    "weights (softmax dtype=float32) to float32 whatever the input dtype, so in a float64 model "
-    "ms_deform_attn gets float64 values with float32 locations and raises a dtype mismatch; "
-    "the cast should only raise half precision to float32 (e.g. promote_types(dtype, float32))",
-)
 def test_msdeformattn_decoder_runs_in_float64():
     """The decoder runs in float64 (as gradchecks and float64 references need): locations and
     weights at least float32, never below the features' precision."""

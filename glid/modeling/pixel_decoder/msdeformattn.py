@@ -89,13 +89,15 @@ class MSDeformAttn(nn.Module):
         n, lq, _ = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(value_input).view(n, value_input.shape[1], m, -1)
-        # Locations and weights in fp32 even under autocast: a half-precision location is off by
-        # up to ~0.1 pixel on an 80-pixel level. The op itself is the autocast fp32 island.
-        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2).float()
+        # Locations and weights at least fp32 even under autocast (never below the value's
+        # precision, e.g. float64): a half-precision location is off by up to ~0.1 pixel on an
+        # 80-pixel level. The op itself is the autocast fp32 island.
+        dtype = torch.promote_types(value.dtype, torch.float32)
+        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2).to(dtype)
         weights = self.attention_weights(query).view(n, lq, m, lv * p)
-        weights = weights.softmax(-1, dtype=torch.float32).view(n, lq, m, lv, p)
-        normalizer = spatial_shapes.flip(-1).float()  # (W, H) per level
-        ref = reference_points.float()[:, :, None, :, None, :]
+        weights = weights.softmax(-1, dtype=dtype).view(n, lq, m, lv, p)
+        normalizer = spatial_shapes.flip(-1).to(dtype)  # (W, H) per level
+        ref = reference_points.to(dtype)[:, :, None, :, None, :]
         locations = ref + offsets / normalizer[None, None, None, :, None, :]
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
