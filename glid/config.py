@@ -249,3 +249,16 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.GLID.TEST.PANOPTIC_ON = True
     cfg.MODEL.GLID.TEST.SEMANTIC_ON = False
     cfg.MODEL.GLID.TEST.INSTANCE_ON = False
+
+    # ---- depth ----
+    # Monocular depth (NYUv2, Tab. 9): adaptive bins over [MIN_DEPTH, MAX_DEPTH] metres (one bin
+    # per query); training pixels outside (MIN_DEPTH, MAX_DEPTH) are invalid.
+    cfg.MODEL.GLID.DEPTH = CN()
+    cfg.MODEL.GLID.DEPTH.MIN_DEPTH = 1e-3
+    cfg.MODEL.GLID.DEPTH.MAX_DEPTH = 10.0
+    # SILog loss (BTS / AdaBins): SILOG_SCALE x sqrt(mean(g^2) - SILOG_LAMBDA x mean(g)^2).
+    cfg.MODEL.GLID.DEPTH.SILOG_LAMBDA = 0.85
+    cfg.MODEL.GLID.DEPTH.SILOG_SCALE = 10.0
+    # Flip-averaged inference; not implemented yet (the model has no test-time-flip hook):
+    # setting it raises.
+    cfg.MODEL.GLID.DEPTH.FLIP_TEST = False

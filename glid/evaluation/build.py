@@ -16,6 +16,7 @@ from detectron2.evaluation import (
 from detectron2.utils.registry import Registry
 
 from .classification_evaluation import ClassificationEvaluator
+from .depth_evaluation import DepthEvaluator
 from .mim_evaluation import MIMEvaluator
 from .panoptic_evaluation import PanopticEvaluator, PanopticSemSegEvaluator, ThingInstanceEvaluator
 
@@ -83,6 +84,13 @@ def ade20k_panoptic_seg(cfg, dataset_name: str, output_folder: str) -> DatasetEv
     """ADE20K panoptic: as ``coco_panoptic_seg`` (Mask2Former reports PQ, mIoU and mask AP of one
     ADE20K panoptic model)."""
     return _panoptic_dataset_evaluators(cfg, dataset_name, output_folder)
+
+
+@EVALUATOR_REGISTRY.register()
+def depth(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """delta1/2/3, AbsRel, SqRel, RMSE, RMSE-log, log10, SILog per image, averaged
+    (:class:`DepthEvaluator`, distributed; Eigen crop where the metadata asks for it)."""
+    return DepthEvaluator(dataset_name, distributed=True)
 
 
 @EVALUATOR_REGISTRY.register()
