@@ -262,3 +262,11 @@ def add_glid_config(cfg: CN) -> None:
     # Flip-averaged inference; not implemented yet (the model has no test-time-flip hook):
     # setting it raises.
     cfg.MODEL.GLID.DEPTH.FLIP_TEST = False
+
+    # ---- depth data ----
+    # Training augmentation of the depth mapper (Tab. 9, BTS / BinsFormer): random rotation by an
+    # angle uniform in +-DEPTH_ROTATION_DEGREES (0 disables it; image bilinear, depth nearest).
+    cfg.INPUT.DEPTH_ROTATION_DEGREES = 2.5
+    # Probability of BTS's colour jitter (gamma 0.9-1.1, brightness 0.75-1.25, per-channel colour
+    # 0.9-1.1) on a training image; 0 disables it. Crop: INPUT.CROP.ENABLED / SIZE (absolute).
+    cfg.INPUT.DEPTH_COLOR_AUG_PROB = 0.5

@@ -5,12 +5,14 @@ from __future__ import annotations
 from .base_mapper import GLIDDatasetMapper
 from .build import DATASET_MAPPER_REGISTRY, build_dataset_mapper, dataset_mapper_name
 from .classification_mapper import ImageClassificationDatasetMapper
+from .depth_mapper import DepthDatasetMapper
 from .detection_mapper import DetectionDatasetMapper
 from .instance_mapper import InstanceSegmentationDatasetMapper, PanopticSegmentationDatasetMapper
 from .semantic_mapper import SemanticSegmentationDatasetMapper
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
+    "DepthDatasetMapper",
     "DetectionDatasetMapper",
     "GLIDDatasetMapper",
     "ImageClassificationDatasetMapper",

@@ -1,6 +1,7 @@
 """Dataset registration; importing this package registers the GLID synthetic datasets, ImageNet
 (``imagenet_{train,val}``, :mod:`.register_imagenet`), ADE20K instance and panoptic
-(``ade20k_{instance,panoptic}_{train,val}``, :mod:`.register_ade20k`) and the COCO-format
+(``ade20k_{instance,panoptic}_{train,val}``, :mod:`.register_ade20k`), NYUv2 depth
+(``nyuv2_depth_{train,test}``, :mod:`.register_nyuv2`) and the COCO-format
 datasets named in ``$GLID_COCO_DATASETS`` (see :mod:`.register_coco_env`)."""
 
 from glid.data.datasets.register_ade20k import (
@@ -17,6 +18,11 @@ from glid.data.datasets.register_imagenet import (
     imagenet_dataset_names,
     load_imagenet,
     register_imagenet,
+)
+from glid.data.datasets.register_nyuv2 import (
+    load_nyuv2,
+    nyuv2_dataset_names,
+    register_nyuv2,
 )
 from glid.data.datasets.register_synthetic import (
     load_depth_pairs,
@@ -35,6 +41,9 @@ __all__ = [
     "imagenet_dataset_names",
     "load_imagenet",
     "register_imagenet",
+    "load_nyuv2",
+    "nyuv2_dataset_names",
+    "register_nyuv2",
     "load_depth_pairs",
     "load_image_folder",
     "register_all_synthetic",
