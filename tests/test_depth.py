@@ -256,3 +256,40 @@ def test_depth_evaluator_is_registered(tiny_cfg):
     ev = EVALUATOR_REGISTRY.get("depth")(tiny_cfg, _register("glid_test_depth_eval_plain"), "")
     assert type(ev).__name__ == "DepthEvaluator"
     assert build_evaluator  # the registry is what build_evaluator reads
+
+
+# ---------------------------------------------------------------- recipe
+
+
+def test_nyuv2_recipe_is_tab9():
+    from detectron2.config import get_cfg
+
+    import glid
+    from glid.engine.lr_scheduler import build_lr_scheduler
+    from tests.utils import REPO_ROOT
+
+    cfg = get_cfg()
+    glid.add_glid_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "nyuv2_depth_glid.yaml"))
+    s = cfg.SOLVER
+    assert cfg.MODEL.GLID.TASK == "depth" and cfg.MODEL.GLID.NUM_QUERIES == 64
+    assert (s.OPTIMIZER, s.BASE_LR, s.BACKBONE_MULTIPLIER) == ("ADAMW", 1e-4, 1.0)
+    assert (s.IMS_PER_BATCH, s.WEIGHT_DECAY, tuple(s.BETAS)) == (16, 0.05, (0.9, 0.999))
+    assert s.MAX_ITER == 38400 and s.WARMUP_ITERS == round(0.3 * 38400)
+    assert cfg.MODEL.SWIN.DROP_PATH_RATE == 0.1
+    assert cfg.DATASETS.TRAIN == ("nyuv2_depth_train",)
+    assert cfg.DATASETS.TEST == ("nyuv2_depth_test",)
+    assert (cfg.MODEL.GLID.DEPTH.MIN_DEPTH, cfg.MODEL.GLID.DEPTH.MAX_DEPTH) == (1e-3, 10.0)
+    # Linear warm-up to the full rate at 30 %, then cosine over the remaining 70 % down to 0.
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=s.BASE_LR)
+    sched = build_lr_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(s.MAX_ITER):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < 1e-6
+    assert lrs[5760] == pytest.approx(0.5e-4, rel=0.01)  # half-way through the warm-up
+    assert max(lrs) == pytest.approx(1e-4, rel=1e-3) and lrs.index(max(lrs)) in (11519, 11520)
+    assert lrs[11520 + 13440] == pytest.approx(0.5e-4, rel=0.01)  # half-way through the cosine
+    assert lrs[-1] < 1e-8

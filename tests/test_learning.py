@@ -37,6 +37,10 @@ OVERFIT = {
     # unit scores 1.0, an untrained model about 1.3; measured after 100 iterations: training
     # loss (3 decoder layers) 3.87 -> 2.08, evaluation 0.60.
     "mim": {"iters": 100, "loss_factor": 1.5, "metric": ("mim", "loss"), "max": 0.8},
+    # Depth in 1-10 m: predicting each image's mean depth scores an RMSE of 1.8 m (delta1 30) on
+    # the two images, the untrained model 2.13 m; measured after 100 iterations: loss (SILog,
+    # 3 decoder layers) 15.9 -> 4.3, RMSE 0.5 m, 10 s (idle 2 cores).
+    "depth": {"iters": 100, "loss_factor": 2.0, "metric": ("depth", "RMSE"), "max": 1.0},
 }
 FIXED_SIZE = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.CROP.ENABLED", "False"]
 

@@ -3,6 +3,7 @@
 from .base import DecoderInputs, GLIDTask
 from .build import TASK_REGISTRY, build_task, build_task_head, get_task_class, register_task
 from .classification import ClassificationTask
+from .depth import DepthEstimationTask
 from .detection import DetectionTask
 from .instance import InstanceSegmentationTask
 from .mask_classification import MaskClassificationTask
@@ -14,6 +15,7 @@ __all__ = [
     "TASK_REGISTRY",
     "ClassificationTask",
     "DecoderInputs",
+    "DepthEstimationTask",
     "DetectionTask",
     "GLIDTask",
     "InstanceSegmentationTask",
