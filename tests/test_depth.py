@@ -1,5 +1,5 @@
 """Depth: the bins head, the SILog loss, inference sizes and the depth evaluator, on hand-set
-inputs. (The task module is imported inside the tests: importing it registers the task.)"""
+inputs, and the NYUv2 recipe."""
 
 import math
 import os
@@ -119,6 +119,8 @@ def test_deep_supervision_keys():
     images, preds = _hand_batch(task, 1.0, gt, (8, 8))
     loss = task.losses(preds * 3, [{"depth": gt}], images)
     assert set(loss) == {"loss_depth", "loss_depth_0", "loss_depth_1"}
+    last_only = make_task(deep_supervision=False).losses(preds * 3, [{"depth": gt}], images)
+    assert set(last_only) == {"loss_depth"}
 
 
 def test_inference_crops_the_padding_and_resizes_to_the_input_size():
@@ -197,8 +199,10 @@ def test_evaluator_averages_per_image(tmp_path):
     ev.reset()
     ev.process_arrays(np.full((2, 2), 2.0), np.full((2, 2), 1.0))  # RMSE 1
     ev.process_arrays(np.array([[1.0, 4.0]]), np.array([[1.0, 1.0]]))  # RMSE sqrt(4.5)
+    ev.process_arrays(np.full((3, 1), 5.0), np.full((3, 1), 5.0))  # RMSE 0
     m = ev.evaluate()["depth"]
-    assert m["RMSE"] == pytest.approx((1 + math.sqrt(4.5)) / 2)
+    assert m["RMSE"] == pytest.approx((1 + math.sqrt(4.5)) / 3)  # the mean, not the pixels'
+    assert m["delta1"] == pytest.approx((0 + 50 + 100) / 3)
 
 
 def test_eigen_crop_mask_on_nyu_and_scaled_sizes():
