@@ -235,8 +235,9 @@ def test_glid_image_without_labels_gives_finite_loss(tiny_cfg):
 
 
 def test_unknown_task_and_decoder_are_clear_errors():
+    # (a name no task will ever take: each of GLID's task names gets implemented in turn)
     with pytest.raises(KeyError, match="not implemented"):
-        build_model(make_tiny_cfg("MODEL.GLID.TASK", "depth"))
+        build_model(make_tiny_cfg("MODEL.GLID.TASK", "no_such_task"))
     with pytest.raises(KeyError, match="NoSuchDecoder"):
         build_model(make_tiny_cfg("MODEL.GLID.PIXEL_DECODER", "NoSuchDecoder"))
 
