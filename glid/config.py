@@ -259,8 +259,8 @@ def add_glid_config(cfg: CN) -> None:
     # SILog loss (BTS / AdaBins): SILOG_SCALE x sqrt(mean(g^2) - SILOG_LAMBDA x mean(g)^2).
     cfg.MODEL.GLID.DEPTH.SILOG_LAMBDA = 0.85
     cfg.MODEL.GLID.DEPTH.SILOG_SCALE = 10.0
-    # Flip-averaged inference; not implemented yet (the model has no test-time-flip hook):
-    # setting it raises.
+    # Flip-averaged inference: the model also runs on the horizontally flipped image and the two
+    # depth maps are averaged (BTS / BinsFormer's flip test).
     cfg.MODEL.GLID.DEPTH.FLIP_TEST = False
 
     # ---- depth data ----

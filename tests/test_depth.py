@@ -138,12 +138,34 @@ def test_inference_crops_the_padding_and_resizes_to_the_input_size():
     assert torch.allclose(out[1]["depth"], torch.full((16, 32), 3.0))
 
 
-def test_flip_test_is_refused_and_merge_flipped_averages():
+def test_merge_flipped_averages_the_map_and_the_flipped_maps_mirror():
     d = depth_module()
-    with pytest.raises(NotImplementedError):
-        make_task(flip_test=True)
     a = torch.tensor([[1.0, 2.0, 3.0]])
     assert torch.equal(d.merge_flipped(a, a.flip(-1)), a)
+    assert torch.equal(d.merge_flipped(a, a), torch.tensor([[2.0, 2.0, 2.0]]))
+    task = make_task(flip_test=True)
+    out = task.merge_flipped([{"depth": a}], [{"depth": a}], [{}])
+    assert torch.equal(out[0]["depth"], torch.tensor([[2.0, 2.0, 2.0]]))
+
+
+def test_flip_test_runs_the_model_on_the_flipped_image():
+    from detectron2.modeling import build_model
+
+    from tests.task_harness import tiny_task_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_task_cfg("depth")
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    x = {"image": image, "height": 32, "width": 48}
+    with torch.no_grad():
+        plain = model([x])[0]["depth"]
+        mirrored = model([dict(x, image=image.flip(-1))])[0]["depth"]
+        model.task.flip_test = True
+        both = model([x])[0]["depth"]
+    assert both.shape == (32, 48)
+    assert torch.allclose(both, 0.5 * (plain + mirrored.flip(-1)), atol=1e-5)
+    assert not torch.allclose(both, plain, atol=1e-4)
 
 
 # ---------------------------------------------------------------- evaluator

@@ -160,4 +160,11 @@ class GLID(nn.Module):
             layer_predictions = self.forward_outputs(batched_inputs, images)
             return self.task.losses(layer_predictions, batched_inputs, images)
         last = self.forward_outputs(batched_inputs, images, all_layers=False)[-1]
-        return self.task.inference(last, batched_inputs, images)
+        results = self.task.inference(last, batched_inputs, images)
+        if self.task.flip_test:  # the same inference on the horizontally flipped images
+            flipped_inputs = [dict(x, image=x["image"].flip(-1)) for x in batched_inputs]
+            flipped_images = self.preprocess_image(flipped_inputs)
+            last = self.forward_outputs(flipped_inputs, flipped_images, all_layers=False)[-1]
+            flipped = self.task.inference(last, flipped_inputs, flipped_images)
+            results = self.task.merge_flipped(results, flipped, batched_inputs)
+        return results

@@ -77,6 +77,9 @@ class GLIDTask(nn.Module):
     # task (linear probing) freezes everything but the head.
     uses_decoder: bool = True
     trains_head_only: bool = False
+    # Test-time flip: in inference the model also runs on the horizontally flipped images and
+    # hands both results to merge_flipped().
+    flip_test: bool = False
 
     @classmethod
     def head_in_features(cls, cfg) -> int:
@@ -149,3 +152,11 @@ class GLIDTask(nn.Module):
     ) -> list[dict]:
         """Per-image results (detectron2 fields) from the last layer's predictions."""
         raise NotImplementedError
+
+    def merge_flipped(
+        self, results: list[dict], flipped_results: list[dict], batched_inputs: list[dict]
+    ) -> list[dict]:
+        """With :attr:`flip_test`: per-image results from those of the images and of their
+        horizontal flips (``flipped_results``, as :meth:`inference` gave them, not flipped
+        back)."""
+        raise NotImplementedError(f"task {self.task_name!r} has no flip test")

@@ -16,10 +16,9 @@ padded input size against the ``depth`` targets zero-padded to it, on every deco
 deep supervision (``loss_depth``, ``loss_depth_{i}``).
 
 Inference: upsample to the padded size, crop to the image size, resize (bilinear) to the input
-dict's ``height`` x ``width``: ``depth`` (H, W) metres. Flip-averaged inference
-(``MODEL.GLID.DEPTH.FLIP_TEST``) is not done by this task: the task never runs the model, and the
-model (``GLID``) has no task-agnostic test-time-flip hook yet. :func:`merge_flipped` is the merge
-such a hook would call; until then the key only records the intent and is rejected when set.
+dict's ``height`` x ``width``: ``depth`` (H, W) metres. With ``MODEL.GLID.DEPTH.FLIP_TEST`` the
+model also runs on the horizontally flipped images (``GLIDTask.flip_test``) and the two maps are
+averaged (the flipped one flipped back; :meth:`DepthEstimationTask.merge_flipped`).
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ class DepthEstimationTask(GLIDTask):
         min_depth, max_depth: the bins' range in metres; training pixels outside it are invalid.
         silog_lambda, silog_scale: the SILog loss's variance weight and factor.
         deep_supervision: the loss on every decoder layer's prediction.
-        flip_test: flip-averaged inference (not implemented: must be False).
+        flip_test: flip-averaged inference (the model runs on the flipped images too).
     """
 
     dataset_mapper = "DepthDatasetMapper"
@@ -109,11 +108,6 @@ class DepthEstimationTask(GLIDTask):
         if not 0.0 < min_depth < max_depth:
             raise ValueError(
                 f"need 0 < MODEL.GLID.DEPTH.MIN_DEPTH < MAX_DEPTH, got {min_depth}, {max_depth}"
-            )
-        if flip_test:
-            raise NotImplementedError(
-                "MODEL.GLID.DEPTH.FLIP_TEST: flip-averaged inference needs a model-level "
-                "test-time-flip hook, which GLID does not have yet"
             )
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
@@ -179,6 +173,15 @@ class DepthEstimationTask(GLIDTask):
             }
 
         return deep_supervision(layer_predictions, layer_losses, self.deep_supervision)
+
+    def merge_flipped(
+        self, results: list[dict], flipped_results: list[dict], batched_inputs: list[dict]
+    ) -> list[dict]:
+        """Per image the mean of the depth map and the flipped image's map flipped back."""
+        return [
+            dict(r, depth=merge_flipped(r["depth"], f["depth"]))
+            for r, f in zip(results, flipped_results)
+        ]
 
     def inference(
         self, predictions: dict, batched_inputs: list[dict], images: ImageList
