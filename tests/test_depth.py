@@ -306,6 +306,7 @@ def test_nyuv2_recipe_is_tab9():
     assert cfg.DATASETS.TRAIN == ("nyuv2_depth_train",)
     assert cfg.DATASETS.TEST == ("nyuv2_depth_test",)
     assert (cfg.MODEL.GLID.DEPTH.MIN_DEPTH, cfg.MODEL.GLID.DEPTH.MAX_DEPTH) == (1e-3, 10.0)
+    assert cfg.MODEL.GLID.DEPTH.FLIP_TEST
     # Linear warm-up to the full rate at 30 %, then cosine over the remaining 70 % down to 0.
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=s.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
