@@ -262,8 +262,22 @@ def test_evaluator_gathers_every_process(monkeypatch):
 
     from glid.evaluation.depth_evaluation import DepthEvaluator
 
-    other_rank = [{k: 10.0 for k in ("delta1", "delta2", "delta3", "AbsRel", "SqRel", "RMSE",
-                                    "RMSE-log", "log10", "SILog")}]
+    other_rank = [
+        {
+            k: 10.0
+            for k in (
+                "delta1",
+                "delta2",
+                "delta3",
+                "AbsRel",
+                "SqRel",
+                "RMSE",
+                "RMSE-log",
+                "log10",
+                "SILog",
+            )
+        }
+    ]
     monkeypatch.setattr(comm, "synchronize", lambda: None)
     monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, other_rank])
     ev = DepthEvaluator(_register("glid_test_depth_eval_plain"), distributed=True)

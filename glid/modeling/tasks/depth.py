@@ -167,9 +167,7 @@ class DepthEstimationTask(GLIDTask):
                 predictions["pred_depth"].float(), size=size, mode="bilinear", align_corners=False
             )[:, 0]
             return {
-                "loss_depth": silog_loss(
-                    pred, target, valid, self.silog_lambda, self.silog_scale
-                )
+                "loss_depth": silog_loss(pred, target, valid, self.silog_lambda, self.silog_scale)
             }
 
         return deep_supervision(layer_predictions, layer_losses, self.deep_supervision)
