@@ -39,15 +39,29 @@ def draw_predictions(
     if "sem_seg" in predictions:
         return visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).to("cpu"))
     if "depth" in predictions:
-        depth = predictions["depth"].to("cpu").numpy()
-        scaled = (255 * (depth - depth.min()) / max(float(np.ptp(depth)), 1e-6)).astype(np.uint8)
-        colored = cv2.applyColorMap(scaled, cv2.COLORMAP_MAGMA)[:, :, ::-1]
-        return VisImage(np.concatenate([image_rgb, colored], axis=1))
+        return VisImage(draw_depth(image_rgb, predictions["depth"].to("cpu").numpy()))
     if "classification" in predictions:
         return _draw_top5(visualizer, predictions["classification"], metadata)
     if "reconstruction" in predictions:
         return _draw_reconstruction(image_rgb, predictions)
     raise KeyError(f"nothing to draw in predictions with keys {sorted(predictions)}")
+
+
+def draw_depth(image_rgb: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The image, the depth map (metres) as a MAGMA colour map, and a vertical scale bar
+    labelled with the map's minimum and maximum depth (near = dark, far = bright)."""
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (255 * (depth - low) / max(high - low, 1e-6)).astype(np.uint8)
+    colored = cv2.applyColorMap(scaled, cv2.COLORMAP_MAGMA)[:, :, ::-1]
+    h = depth.shape[0]
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(16, axis=1)
+    bar = cv2.applyColorMap(ramp, cv2.COLORMAP_MAGMA)[:, :, ::-1]
+    panel = np.full((h, 96, 3), 255, dtype=np.uint8)
+    panel[:, 4:20] = bar
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, h / 900)
+    cv2.putText(panel, f"{high:.2f} m", (24, 14), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(panel, f"{low:.2f} m", (24, h - 6), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([image_rgb, colored, panel], axis=1)
 
 
 def _draw_top5(visualizer: Visualizer, logits: torch.Tensor, metadata) -> VisImage:

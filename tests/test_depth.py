@@ -334,3 +334,24 @@ def test_nyuv2_recipe_is_tab9():
     assert max(lrs) == pytest.approx(1e-4, rel=1e-3) and lrs.index(max(lrs)) in (11519, 11520)
     assert lrs[11520 + 13440] == pytest.approx(0.5e-4, rel=0.01)  # half-way through the cosine
     assert lrs[-1] < 1e-8
+
+
+def test_demo_draws_depth_with_a_labelled_scale_bar():
+    import sys
+
+    import numpy as np
+
+    from tests.utils import REPO_ROOT
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
+    from predictor import draw_depth
+
+    image = np.zeros((60, 80, 3), dtype=np.uint8)
+    depth = np.tile(np.linspace(1.0, 4.0, 80, dtype=np.float32), (60, 1))
+    out = draw_depth(image, depth)
+    assert out.shape == (60, 80 + 80 + 96, 3)
+    colour = out[:, 80:160]
+    assert colour[:, 0].mean() < colour[:, -1].mean()  # near dark, far bright
+    bar = out[:, 160 + 4 : 160 + 20].astype(int)
+    assert bar[0].mean() > bar[-1].mean()  # far at the top of the bar
+    assert (out[:, 160 + 24 :] < 128).any()  # the labels are drawn
