@@ -255,9 +255,13 @@ class MaskedImageModelingTask(GLIDTask):
         units = patchify(images.tensor, self.unit_size)
         return torch.gather(units, 1, index[..., None].expand(-1, -1, units.shape[-1]))
 
-    def reconstruction_error(self, predictions: dict, images: ImageList) -> torch.Tensor:
-        """(B,) mean squared error over each image's masked units (normalized if configured)."""
-        target = self.targets(predictions, images)
+    def reconstruction_error(
+        self, predictions: dict, images: ImageList, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) mean squared error over each image's masked units (normalized if configured);
+        ``target``: :meth:`targets`, when the caller has them already."""
+        if target is None:
+            target = self.targets(predictions, images)
         if self.norm_pix_loss:
             target = normalized_unit_pixels(target)
         return (predictions["pixels"].float() - target).pow(2).mean(dim=(1, 2))
@@ -281,8 +285,8 @@ class MaskedImageModelingTask(GLIDTask):
         predictions (a per-unit-normalized prediction is mapped back with the unit's own mean
         and std, as MAE visualizes it)."""
         grid = self.unit_grid(images)
-        error = self.reconstruction_error(predictions, images)
         target = self.targets(predictions, images)
+        error = self.reconstruction_error(predictions, images, target)
         pixels = predictions["pixels"].float()
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
