@@ -60,21 +60,42 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files, folders (their images) and glob patterns -> sorted image paths."""
-    paths = []
+    """Files, folders (their images) and glob patterns -> image paths, each file once, in the
+    order given (a folder's or a pattern's files sorted). Raises if nothing is found."""
+    paths, seen = [], set()
     for pattern in patterns:
         if os.path.isdir(pattern):
-            paths += [
+            found = [
                 os.path.join(pattern, f)
                 for f in sorted(os.listdir(pattern))
                 if f.lower().endswith(IMAGE_EXTENSIONS)
             ]
         else:
-            matches = sorted(glob.glob(os.path.expanduser(pattern)))
-            if not matches:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not found:
                 raise FileNotFoundError(f"--input {pattern!r} matches no file")
-            paths += matches
+        for path in found:
+            if os.path.realpath(path) not in seen:
+                seen.add(os.path.realpath(path))
+                paths.append(path)
+    if not paths:
+        raise FileNotFoundError(f"--input {' '.join(patterns)} holds no image {IMAGE_EXTENSIONS}")
     return paths
+
+
+def output_paths(paths: list[str], output_dir: str) -> list[str]:
+    """One distinct ``<name>_glid.png`` under ``output_dir`` per input: the input's path relative
+    to the inputs' common folder (so ``a/x.jpg`` and ``b/x.jpg`` go to ``a/x_glid.png`` and
+    ``b/x_glid.png``); inputs that differ only by extension keep it (``x_jpg_glid.png``)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    stems = [os.path.splitext(os.path.relpath(p, root))[0] for p in absolute]
+    outs = []
+    for path, stem in zip(absolute, stems):
+        if stems.count(stem) > 1:
+            stem += "_" + os.path.splitext(path)[1].lstrip(".").lower()
+        outs.append(os.path.join(output_dir, stem + "_glid.png"))
+    return outs
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -85,17 +106,24 @@ def main(argv: list[str] | None = None) -> list[str]:
     demo = VisualizationDemo(setup_cfg(args), score_threshold=args.confidence_threshold)
     written = []
     if args.input:
-        os.makedirs(args.output, exist_ok=True)
-        for path in tqdm.tqdm(expand_inputs(args.input)):
-            image = read_image(path, format="BGR")
+        paths = expand_inputs(args.input)
+        failed = []
+        for path, out in tqdm.tqdm(list(zip(paths, output_paths(paths, args.output)))):
+            try:
+                image = read_image(path, format="BGR")
+            except (OSError, ValueError) as e:  # one bad file must not stop the others
+                logger.error(f"cannot read {path}: {e}")
+                failed.append(path)
+                continue
             start = time.perf_counter()
             predictions, vis = demo.run_on_image(image)
             logger.info(f"{path}: {sorted(predictions)} in {time.perf_counter() - start:.2f}s")
-            out = os.path.join(
-                args.output, os.path.splitext(os.path.basename(path))[0] + "_glid.png"
-            )
+            os.makedirs(os.path.dirname(out), exist_ok=True)
             vis.save(out)
             written.append(out)
+        if failed:
+            logger.info(f"wrote {len(written)} visualization(s) to {args.output}")
+            raise SystemExit(f"{len(failed)} of {len(paths)} input(s) unreadable: {failed}")
     else:
         video = cv2.VideoCapture(args.video_input)
         if not video.isOpened():
