@@ -270,3 +270,45 @@ def add_glid_config(cfg: CN) -> None:
     # Probability of BTS's colour jitter (gamma 0.9-1.1, brightness 0.75-1.25, per-channel colour
     # 0.9-1.1) on a training image; 0 disables it. Crop: INPUT.CROP.ENABLED / SIZE (absolute).
     cfg.INPUT.DEPTH_COLOR_AUG_PROB = 0.5
+
+    # ---- human pose (pose): top-down, COCO keypoints (Tab. 8; ViTPose / mmpose) ----
+    cfg.MODEL.GLID.POSE = CN()
+    # Keypoints per person (one query each: MODEL.GLID.NUM_QUERIES must match).
+    cfg.MODEL.GLID.POSE.NUM_KEYPOINTS = 17
+    # Std of the Gaussian heatmap targets in heatmap cells (stride 4; mmpose's 2 at 64x48).
+    cfg.MODEL.GLID.POSE.HEATMAP_SIGMA = 2.0
+    # Factor of the visibility-weighted heatmap MSE.
+    cfg.MODEL.GLID.POSE.LOSS_WEIGHT = 1.0
+    # Flip test: the heatmaps of the flipped crop, flipped back with left / right swapped, are
+    # averaged with the crop's before decoding.
+    cfg.MODEL.GLID.POSE.FLIP_TEST = True
+    # Rescoring: person score = box score x mean of the keypoint scores above this threshold.
+    cfg.MODEL.GLID.POSE.KEYPOINT_SCORE_THRESH = 0.2
+    # OKS-NMS over the persons of an image before the keypoint evaluation (1.0 disables it).
+    cfg.MODEL.GLID.POSE.OKS_NMS_THRESH = 0.9
+    # Person boxes of the test set: "" = the ground-truth boxes; otherwise a detection-results
+    # JSON (COCO results format: image_id, category_id, bbox xywh, score), of which the boxes
+    # of PERSON_CATEGORY_ID with score >= DETECTION_SCORE_THRESH are used.
+    cfg.MODEL.GLID.POSE.TEST_DETECTIONS = ""
+    cfg.MODEL.GLID.POSE.DETECTION_SCORE_THRESH = 0.0
+    cfg.MODEL.GLID.POSE.PERSON_CATEGORY_ID = 1
+
+    # ---- pose data: person crops and their augmentation ----
+    cfg.INPUT.POSE = CN()
+    # (height, width) of a person crop; its box is padded by BOX_PADDING at this aspect ratio.
+    cfg.INPUT.POSE.CROP_SIZE = (256, 192)
+    cfg.INPUT.POSE.BOX_PADDING = 1.25
+    # Training (mmpose / ViTPose): flip with left / right swap; half body (upper or lower body's
+    # box, padded by HALF_BODY_PADDING) with HALF_BODY_PROB when more than
+    # HALF_BODY_MIN_KEYPOINTS keypoints are labelled; box scale x clip(1 + SCALE_FACTOR x n,
+    # 1 - SCALE_FACTOR, 1 + SCALE_FACTOR); rotation clip(ROTATION_FACTOR x n, +-2 x
+    # ROTATION_FACTOR) degrees with ROTATION_PROB (n standard normal); colour jitter of
+    # brightness / contrast / saturation by up to COLOR_JITTER (0 disables it).
+    cfg.INPUT.POSE.FLIP_PROB = 0.5
+    cfg.INPUT.POSE.HALF_BODY_PROB = 0.3
+    cfg.INPUT.POSE.HALF_BODY_MIN_KEYPOINTS = 8
+    cfg.INPUT.POSE.HALF_BODY_PADDING = 1.5
+    cfg.INPUT.POSE.SCALE_FACTOR = 0.5
+    cfg.INPUT.POSE.ROTATION_FACTOR = 40.0
+    cfg.INPUT.POSE.ROTATION_PROB = 0.6
+    cfg.INPUT.POSE.COLOR_JITTER = 0.2
