@@ -205,3 +205,132 @@ def test_checkpointed_stages_train_with_a_frozen_patch_embedding():
         assert grad is not None and grad.abs().sum() > 0
         grads.append(grad)
     torch.testing.assert_close(grads[1], grads[0])
+
+
+# ---- Window attention: padding masked, masks cached (issue 14) ----
+
+
+def dense_window_attention(block, x):
+    """Reference: attention over the whole unpadded (B, H, W, C) grid, a token seeing the tokens
+    of its window, windows laid at the block's shift and clipped at the image border
+    (``(y - shift) // window`` equal on both axes), with the relative-position bias by offset."""
+    attn = block.attn
+    b, h, w, c = x.shape
+    (wh, ww), (sh, sw) = block.window_size, block.shift_size
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    gy, gx = (ys - sh).div(wh, rounding_mode="floor"), (xs - sw).div(ww, rounding_mode="floor")
+    same = (gy[:, None] == gy[None]) & (gx[:, None] == gx[None])
+    index = (ys[:, None] - ys[None] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None] + ww - 1)
+    table = attn.relative_position_bias_table
+    bias = table[index.clamp(0, table.shape[0] - 1)].permute(2, 0, 1)
+    bias = bias.masked_fill(~same, float("-inf"))
+    qkv = attn.qkv(x.reshape(b, h * w, c)).reshape(b, h * w, 3, attn.num_heads, -1)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    out = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(-1) @ v
+    return attn.proj(out.transpose(1, 2).reshape(b, h * w, c)).reshape(b, h, w, c)
+
+
+def _window_blocks(window):
+    torch.manual_seed(0)
+    model = tiny_swin(window_size=window, depths=(2, 2, 2, 2), pretrain_img_size=256).eval()
+    with torch.no_grad():  # a bias that differs per offset and head
+        for _, block in _blocks(model):
+            block.attn.relative_position_bias_table.normal_(0, 1.0)
+    plain, shifted = model.swin.layers[1].blocks
+    assert plain.shift_size == (0, 0) and shifted.shift_size == (window // 2,) * 2
+    return plain, shifted
+
+
+@pytest.mark.parametrize("window", [4, 5])
+def test_reference_matches_timm_where_the_window_tiles(window):
+    """The dense reference is Swin's attention: equal to timm's block on grids the window tiles
+    (no padding there), shifted or not."""
+    for block in _window_blocks(window):
+        x = torch.randn(2, 2 * window, 3 * window, 32)
+        with torch.no_grad():
+            expected = block._attn(x)
+            torch.testing.assert_close(dense_window_attention(block, x), expected)
+            torch.testing.assert_close(swin.window_attention(block, x), expected)
+
+
+@pytest.mark.parametrize("window", [4, 5, 7])
+@pytest.mark.parametrize("grid", [(9, 13), (6, 6), (3, 11), (15, 8)])
+def test_padded_grids_mask_the_padding(window, grid):
+    """On grids the window does not tile, the padded attention equals the unpadded reference:
+    padding masked, a shifted window never joins tokens from opposite borders. (timm 1.0's own
+    block does not: it pads after the shift and lets tokens attend to the padding.)"""
+    for block in _window_blocks(window):
+        x = torch.randn(2, *grid, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                swin.window_attention(block, x), dense_window_attention(block, x)
+            )
+
+
+def test_padded_grid_gradients_are_finite_and_match_the_reference():
+    """Padded queries whose part of a shifted window is all padding (6 and 12 tokens padded to
+    10 and 15, shift 2) must not turn backward into NaN."""
+    _, block = _window_blocks(5)
+    block.train()
+    grads = []
+    for fn in (swin.window_attention, dense_window_attention):
+        x = torch.randn(1, 6, 12, 32, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_(True)
+        fn(block, x).square().sum().backward()
+        table = block.attn.relative_position_bias_table
+        grads.append((x.grad, table.grad.clone()))
+        table.grad = None
+    for got, want in zip(*grads):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # Such queries exist here, and keep a key (themselves): softmax over -inf only is NaN in
+    # kernels without torch's safe softmax.
+    mask = swin.window_attention_mask(6, 12, (5, 5), (2, 2), torch.device("cpu"))
+    assert (mask == 0).any(-1).all()
+    assert ((mask == 0).sum(-1) == 1).any()  # queries that see themselves only
+
+
+def test_encoder_matches_timm_where_the_window_tiles():
+    """Same parameters, same result as timm's forward_features on a size every stage tiles."""
+    torch.manual_seed(0)
+    model = tiny_swin(depths=(2, 2, 2, 2), pretrain_img_size=128).eval()
+    x = torch.randn(2, 3, 128, 256)
+    with torch.no_grad():
+        expected = model.swin.forward_features(x)
+        got = model.output_norms["res5"](expected)
+        out = model(x)["res5"].permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, got)
+
+
+def test_attention_masks_are_built_once_per_size(monkeypatch):
+    """A second forward at the same size builds no mask; timm's per-forward builder never runs."""
+    monkeypatch.setattr(
+        swin.SwinTransformerBlock, "get_attn_mask", lambda *a, **k: pytest.fail("timm mask")
+    )
+    model = tiny_swin(depths=(2, 2, 2, 2), pretrain_img_size=128).eval()
+    swin.window_attention_mask.cache_clear()
+    x = torch.randn(1, 3, 96, 160)  # grids 24x40, 12x20, 6x10 (padded), 3x5 (padded)
+    with torch.no_grad():
+        model(x)
+        first = swin.window_attention_mask.cache_info()
+        model(x)
+        second = swin.window_attention_mask.cache_info()
+    # One mask per (grid, shift): stages 1-3 x {unshifted, shifted}, stage 4 unshifted only
+    # (its grid at the pre-training size, 4x4, is one window), shared by its two blocks.
+    assert first.misses == 7 and first.hits == 1
+    assert second.misses == 7 and second.hits == 9
+    # None where nothing is masked: tiled and unshifted.
+    assert swin.window_attention_mask(24, 40, (4, 4), (0, 0), x.device) is None
+    mask = swin.window_attention_mask(6, 10, (4, 4), (0, 0), x.device)
+    assert mask.shape == (2 * 3, 16, 16)
+
+
+def test_window_size_and_pretrain_size_set_every_stage():
+    """Stages whose grid at the pre-training size is smaller than the window use that grid,
+    unshifted (timm): 224 with window 8 leaves stage 4 at 7; 256 keeps 8 everywhere."""
+    assert tiny_swin(window_size=8, pretrain_img_size=224).stage_windows[-1] == (7, 7)
+    model = tiny_swin(window_size=8, pretrain_img_size=256)
+    assert model.stage_windows == [(8, 8)] * 4
+    assert model.swin.layers[2].blocks[0].shift_size == (0, 0)
+    assert [b.shift_size for b in model.swin.layers[3].blocks] == [(0, 0)]

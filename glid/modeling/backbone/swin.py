@@ -3,18 +3,151 @@
 Outputs ``res2..res5`` (strides 4/8/16/32), each after its own LayerNorm as in Swin's detection
 and segmentation models. A learnable encoder mask token replaces the patch embeddings of masked
 units during masked image modeling (SimMIM-style), so the hierarchical encoder sees a full grid.
+
+The parameters are timm's (names, shapes and initialization, so public checkpoints load through
+timm's converter), but the blocks run through :func:`window_attention` here instead of timm's
+block forward, for two reasons (issue 14):
+
+- **Correct padding.** A token grid that the window does not tile (e.g. 128 tokens per side with
+  window 7) is padded. timm 1.0 shifts first and pads after, then masks the shifted windows as if
+  the padded grid had been shifted, and lets every token attend to the padded zeros: at such
+  sizes a shifted window joins tokens from opposite image borders, and border windows average in
+  the padding. Here the grid is padded first and then shifted (Swin's detection backbone), and
+  the padded tokens are masked out as keys, so a border window is just a smaller window.
+- **Masks computed once per size.** With ``strict_img_size=False`` timm rebuilds the shifted-window
+  mask in every shifted block of every forward; here it is built once per (grid, window, shift,
+  device) and cached (:func:`window_attention_mask`). The relative-position index is timm's
+  buffer (built once); the bias is gathered from its table per block and forward, as it is a
+  parameter. Attention runs through ``scaled_dot_product_attention``.
+
+Each stage keeps timm's window and shift: ``WINDOW_SIZE``, except that a stage whose grid at
+``PRETRAIN_IMG_SIZE`` is smaller than the window takes a window of that grid and no shift (e.g.
+224 with window 7: stage 4 is 7x7, one unshifted window; window 8 needs 256 to keep 8 there).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
-from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import (
+    SwinTransformer,
+    SwinTransformerBlock,
+    window_partition,
+    window_reverse,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["D2SwinTransformer", "build_glid_swin_backbone"]
+__all__ = [
+    "D2SwinTransformer",
+    "build_glid_swin_backbone",
+    "window_attention",
+    "window_attention_mask",
+]
+
+# Attention masks kept per (grid, window, shift, device); a multi-scale detection run meets a
+# few dozen grid sizes per stage. The biggest (stage 1, 1333 px, window 7) is about 13 MB.
+MASK_CACHE_SIZE = 128
+
+
+@functools.lru_cache(maxsize=MASK_CACHE_SIZE)
+def window_attention_mask(
+    height: int,
+    width: int,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Additive attention mask of the windows of a (height, width) token grid, or ``None``.
+
+    The grid is padded at the bottom/right to multiples of the window, then rolled up/left by
+    ``shift``. A query may attend to a key of its window when both come from the same side of the
+    roll's wrap-around and the key is not padding; every token may attend to itself, so no row is
+    empty (padded queries' outputs are dropped, but must stay finite for backward).
+
+    Returns:
+        ``(num_windows, wh * ww, wh * ww)`` float32 of 0 / -inf, windows in
+        :func:`timm.models.swin_transformer.window_partition` order; ``None`` when the window
+        tiles the grid and there is no shift. Cached: treat it as read-only.
+    """
+    (wh, ww), (sh, sw) = window, shift
+    hp, wp = math.ceil(height / wh) * wh, math.ceil(width / ww) * ww
+    if hp == height and wp == width and not sh and not sw:
+        return None
+
+    def labels(size: int, padded: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(padded, device=device)
+        wrapped = pos >= padded - s if s else torch.zeros_like(pos, dtype=torch.bool)
+        valid = (pos + s) % padded < size  # the token's place before the roll is inside the image
+        return wrapped, valid
+
+    wrapped_h, valid_h = labels(height, hp, sh)
+    wrapped_w, valid_w = labels(width, wp, sw)
+    region = (wrapped_h[:, None].long() * 2 + wrapped_w[None, :].long())[None, :, :, None]
+    valid = (valid_h[:, None] & valid_w[None, :])[None, :, :, None]
+    region = window_partition(region, (wh, ww)).reshape(-1, wh * ww)
+    valid = window_partition(valid, (wh, ww)).reshape(-1, wh * ww)
+    allowed = (region[:, :, None] == region[:, None, :]) & valid[:, None, :]
+    allowed |= torch.eye(wh * ww, dtype=torch.bool, device=device)
+    mask = torch.zeros(allowed.shape, device=device)
+    return mask.masked_fill_(~allowed, float("-inf"))
+
+
+def window_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    """(Shifted-)window self-attention of a timm Swin block, with the padding masked.
+
+    Args:
+        block: supplies the window, the shift and ``attn`` (qkv, relative-position bias, proj).
+        x: (B, H, W, C) tokens after the block's first norm; any H, W.
+
+    Returns:
+        (B, H, W, C), the attention branch before drop path.
+    """
+    attn = block.attn
+    b, h, w, c = x.shape
+    (wh, ww), (sh, sw) = block.window_size, block.shift_size
+    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
+    if hp != h or wp != w:
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+    if sh or sw:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    n = wh * ww
+    windows = window_partition(x, (wh, ww)).view(-1, n, c)  # (B * num_windows, N, C)
+    qkv = attn.qkv(windows).reshape(windows.shape[0], n, 3, attn.num_heads, -1)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B * num_windows, heads, N, head_dim)
+    bias = attn._get_rel_pos_bias()  # (1, heads, N, N)
+    mask = window_attention_mask(h, w, (wh, ww), (sh, sw), x.device)
+    if mask is not None:
+        bias = (bias + mask[:, None]).repeat(b, 1, 1, 1)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=bias.to(q.dtype),
+        dropout_p=attn.attn_drop.p if attn.training else 0.0,
+        scale=attn.scale,
+    )
+    out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(-1, n, c)))
+    x = window_reverse(out.view(-1, wh, ww, c), (wh, ww), hp, wp)
+    if sh or sw:
+        x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+    return x[:, :h, :w].contiguous() if (hp != h or wp != w) else x
+
+
+def _block_forward(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    x = x + block.drop_path1(window_attention(block, block.norm1(x)))
+    return x + block.drop_path2(block.mlp(block.norm2(x)))
+
+
+def _stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = stage.downsample(x)
+    for block in stage.blocks:
+        x = _block_forward(block, x)
+    return x
 
 
 class D2SwinTransformer(Backbone):
@@ -24,12 +157,14 @@ class D2SwinTransformer(Backbone):
         embed_dim: channels of stage 1 (doubles every stage).
         depths: blocks per stage.
         num_heads: attention heads per stage.
-        window_size: attention window (in tokens).
+        window_size: attention window (in tokens); a stage whose grid at ``pretrain_img_size``
+            is smaller uses that grid as its window, unshifted (timm's rule).
         patch_size: stride of the patch embedding.
         mlp_ratio: MLP hidden size / channels.
         drop_path_rate: stochastic-depth rate, linearly increasing over blocks.
         pretrain_img_size: size the relative-position tables and windows are built for; any
-            input whose sides are multiples of 32 is accepted.
+            input whose sides are multiples of 32 is accepted (padded to the window, padding
+            masked).
         out_features: which of ``res2..res5`` to return.
         use_checkpoint: recompute blocks in backward (saves memory).
     """
@@ -86,6 +221,11 @@ class D2SwinTransformer(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
+    @property
+    def stage_windows(self) -> list[tuple[int, int]]:
+        """Window side of each stage (tokens), after timm's rule for small pre-training grids."""
+        return [tuple(stage.blocks[0].window_size) for stage in self.swin.layers]
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encode images.
 
@@ -107,9 +247,9 @@ class D2SwinTransformer(Backbone):
         outputs = {}
         for name, stage in zip(("res2", "res3", "res4", "res5"), self.swin.layers):
             if self.use_checkpoint and self.training:
-                tokens = checkpoint(stage, tokens, use_reentrant=False)
+                tokens = checkpoint(_stage_forward, stage, tokens, use_reentrant=False)
             else:
-                tokens = stage(tokens)
+                tokens = _stage_forward(stage, tokens)
             if name in self.output_norms:
                 outputs[name] = self.output_norms[name](tokens).permute(0, 3, 1, 2).contiguous()
         return outputs
