@@ -19,13 +19,13 @@ import time
 import cv2
 import tqdm
 from detectron2.config import get_cfg
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402
 
 import glid  # noqa: E402
+from glid.data.image_io import read_image  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

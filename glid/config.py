@@ -26,6 +26,12 @@ def add_glid_config(cfg: CN) -> None:
     # TRAIN_FRACTION_SEED, not by SEED, so runs with different seeds see the same images.
     cfg.DATASETS.TRAIN_FRACTION = 1.0
     cfg.DATASETS.TRAIN_FRACTION_SEED = 0
+    # Training samples the mapper rejects (glid.data.image_io.BadSampleError: unreadable or
+    # truncated image, label map of another size, label values outside [0, NUM_CLASSES) and
+    # not the ignore label): False stops training with the error; True replaces the sample by
+    # another, with a warning naming the file and the count in the metric
+    # "data/bad_samples_skipped". Evaluation always stops.
+    cfg.DATALOADER.SKIP_BAD_SAMPLES = False
 
     # ---- image-level tasks (mim, cls): ImageFolder data, RandomResizedCrop ----
     # Output side, area range and aspect-ratio range of the training RandomResizedCrop + flip;

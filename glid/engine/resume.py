@@ -55,8 +55,10 @@ from detectron2.data.common import DatasetFromList
 from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from torch.utils import data as torchdata
 
+from glid.data.image_io import BAD_SAMPLE_ERRORS
 from glid.data.subset import subset_dataset_dicts
 
 __all__ = [
@@ -109,12 +111,38 @@ def _list_collate(batch: list) -> list:
     return batch
 
 
+# Key of a mapped sample listing the bad samples skipped in its place (popped by the loader).
+_SKIPPED_KEY = "_bad_samples_skipped"
+# Bad samples in a row after which skipping gives up (the data set is broken, not a sample).
+_MAX_BAD_IN_A_ROW = 100
+
+
 class _SeededMapDataset(torchdata.Dataset):
     """``dataset[index]`` mapped by ``mapper`` under generators seeded from the sample's place in
-    the stream; keys are ``(iteration, position in batch, index)``."""
+    the stream; keys are ``(iteration, position in batch, index)``. With ``skip_bad_samples``
+    a sample whose mapping raises :data:`~glid.data.image_io.BAD_SAMPLE_ERRORS` is replaced like
+    a dropped one, and the errors travel with the replacement (counted by the loader)."""
 
-    def __init__(self, dataset, mapper, seed: int, rank: int):
+    def __init__(self, dataset, mapper, seed: int, rank: int, skip_bad_samples: bool = False):
         self.dataset, self.mapper, self.seed, self.rank = dataset, mapper, seed, rank
+        self.skip_bad_samples = skip_bad_samples
+
+    def _map(self, index: int, skipped: list[str]):
+        """The mapped sample, or None if the mapper dropped it or it is bad and skipped."""
+        try:
+            return self.mapper(self.dataset[index])
+        except BAD_SAMPLE_ERRORS as e:
+            if not self.skip_bad_samples:
+                raise
+            logger.warning(
+                "skipping bad training sample %d (DATALOADER.SKIP_BAD_SAMPLES): %s", index, e
+            )
+            skipped.append(str(e))
+            if len(skipped) >= _MAX_BAD_IN_A_ROW:
+                raise RuntimeError(
+                    f"{len(skipped)} bad training samples in a row; the last: {e}"
+                ) from e
+            return None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -124,9 +152,12 @@ class _SeededMapDataset(torchdata.Dataset):
         saved = _get_cpu_rng_states()
         try:
             seed_all_rngs(derive_seed(self.seed, _STREAM_SAMPLE, self.rank, iteration, position))
+            skipped: list[str] = []
             for attempt in range(1, 1_000_000):
-                out = self.mapper(self.dataset[index])
+                out = self._map(index, skipped)
                 if out is not None:
+                    if skipped and isinstance(out, dict):  # counted by the loader
+                        out[_SKIPPED_KEY] = skipped
                     return out
                 # As detectron2's MapDataset: the mapper dropped it; take another one (here a
                 # deterministic one: the generators are seeded).
@@ -170,6 +201,11 @@ class ResumableTrainLoader:
             all images form one group).
         num_workers: data-loading processes.
         seed: the training seed (:func:`training_seed`).
+        skip_bad_samples: replace samples whose mapping raises
+            :data:`~glid.data.image_io.BAD_SAMPLE_ERRORS` by others (each logged with its error)
+            instead of stopping; :attr:`bad_samples_skipped` counts them (for mappers that
+            return dicts), and while training the count is the metric
+            ``data/bad_samples_skipped``.
     """
 
     def __init__(
@@ -182,6 +218,7 @@ class ResumableTrainLoader:
         aspect_ratio_grouping: bool = True,
         num_workers: int = 0,
         seed: int = 0,
+        skip_bad_samples: bool = False,
     ):
         self.group_ids = _aspect_ratio_groups(dataset) if aspect_ratio_grouping else None
         if aspect_ratio_grouping and self.group_ids is None:
@@ -196,6 +233,8 @@ class ResumableTrainLoader:
         self.rank = comm.get_rank()
         self.seed = int(seed)
         self.start_iter = 0
+        self.skip_bad_samples = skip_bad_samples
+        self.bad_samples_skipped = 0
 
     def set_start(self, start_iter: int, seed: int | None = None) -> None:
         """Begin (the next ``iter()``) at iteration ``start_iter``, optionally with another
@@ -218,8 +257,11 @@ class ResumableTrainLoader:
                 bucket.clear()
 
     def __iter__(self):
+        dataset = _SeededMapDataset(
+            self.dataset, self.mapper, self.seed, self.rank, self.skip_bad_samples
+        )
         loader = torchdata.DataLoader(
-            _SeededMapDataset(self.dataset, self.mapper, self.seed, self.rank),
+            dataset,
             batch_sampler=_KeyBatchSampler(self),
             num_workers=self.num_workers,
             collate_fn=_list_collate,
@@ -227,7 +269,24 @@ class ResumableTrainLoader:
             # workers' base seed) does not consume the global torch generator.
             generator=torch.Generator().manual_seed(derive_seed(self.seed, _STREAM_LOADER)),
         )
-        return iter(loader)
+        return self._count_skipped(loader)
+
+    def _count_skipped(self, loader) -> Iterator[list[dict]]:
+        """The batches, with the skipped-sample records removed and counted."""
+        for batch in loader:
+            for sample in batch:
+                if isinstance(sample, dict):
+                    self.bad_samples_skipped += len(sample.pop(_SKIPPED_KEY, ()))
+            if self.bad_samples_skipped:
+                try:
+                    storage = get_event_storage()
+                except AssertionError:  # no trainer running: nothing to report to
+                    storage = None
+                if storage is not None:
+                    storage.put_scalar(
+                        "data/bad_samples_skipped", self.bad_samples_skipped, smoothing_hint=False
+                    )
+            yield batch
 
 
 def _aspect_ratio_groups(dataset) -> list[int] | None:
@@ -303,6 +362,10 @@ def build_train_loader(cfg, mapper, *, dataset=None, sampler=None):
     kwargs = build_detection_train_loader.from_config(cfg, mapper, dataset=dataset, sampler=sampler)
     if kwargs["sampler"] is None:
         logger.warning("iterable-style training dataset: its stream is not resumable exactly")
+        if cfg.DATALOADER.SKIP_BAD_SAMPLES:
+            raise ValueError(
+                "DATALOADER.SKIP_BAD_SAMPLES needs a map-style training dataset (a list of dicts)"
+            )
         return build_detection_train_loader(**kwargs)
     world_size = comm.get_world_size()
     total = kwargs["total_batch_size"]
@@ -318,6 +381,7 @@ def build_train_loader(cfg, mapper, *, dataset=None, sampler=None):
         aspect_ratio_grouping=kwargs["aspect_ratio_grouping"],
         num_workers=kwargs["num_workers"],
         seed=training_seed(cfg),
+        skip_bad_samples=cfg.DATALOADER.SKIP_BAD_SAMPLES,
     )
 
 

@@ -7,7 +7,10 @@ set criterion (Hungarian matching + pluggable loss terms), written once for all 
 * :func:`average_num_targets` is the loss normalizer: targets in the batch, averaged over the
   processes (all-reduce), at least 1.
 * :class:`SetCriterion` matches each layer's predictions to the targets and adds its loss terms
-  (a :class:`LossTerm` returns named, unweighted losses); weights come by name.
+  (a :class:`LossTerm` returns named, unweighted losses); weights come by name. Non-finite
+  predictions stop training with detectron2's divergence message before the matcher sees them.
+* :func:`check_class_ids`: target classes outside the model's class count are a data / config
+  error, reported as such (not as an IndexError, nor, for id C, taken for no-object).
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from detectron2.utils.comm import get_world_size
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .matcher import HungarianMatcher
 
-__all__ = ["LossTerm", "SetCriterion", "average_num_targets", "deep_supervision"]
+__all__ = [
+    "LossTerm",
+    "SetCriterion",
+    "average_num_targets",
+    "check_class_ids",
+    "check_finite_predictions",
+    "deep_supervision",
+]
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -57,6 +68,54 @@ def average_num_targets(targets: list[dict], device: torch.device) -> float:
         torch.distributed.all_reduce(total)
         num = total.item() / get_world_size()
     return max(num, 1.0)
+
+
+def check_class_ids(labels: torch.Tensor, num_classes: int, file_name: str) -> None:
+    """Raises ValueError naming ``file_name`` if a class id in ``labels`` is outside
+    [0, ``num_classes``)."""
+    if labels.numel() == 0:
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"{file_name}: ground-truth class ids {sorted(set(bad.tolist()))} outside "
+            f"[0, {num_classes}): the class count MODEL.GLID.NUM_CLASSES={num_classes} is "
+            "smaller than the data's labels (or the dataset maps its ids wrongly)"
+        )
+
+
+def _current_iteration() -> int | None:
+    """The trainer's iteration (detectron2's event storage), None outside training."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:  # get_event_storage asserts that a storage is open
+        return None
+
+
+def check_finite_predictions(layer_predictions: Sequence[dict], loss_names: Sequence[str]) -> None:
+    """Raises FloatingPointError, with detectron2's divergence message, the iteration, the
+    non-finite prediction and the decoder layer whose losses it feeds, if any floating-point
+    prediction is NaN or infinite. One device synchronization when all are finite."""
+    tensors = [
+        (i, key, value)
+        for i, predictions in enumerate(layer_predictions)
+        for key, value in predictions.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+    ]
+    if not tensors or torch.stack([torch.isfinite(v).all() for *_, v in tensors]).all():
+        return
+    last = len(layer_predictions) - 1
+    for i, key, value in tensors:
+        finite = torch.isfinite(value)
+        if not finite.all():
+            suffix = "" if i == last else f"_{i}"
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={_current_iteration()}!\n"
+                f"prediction {key!r} of decoder layer {i} (of {last + 1}) has "
+                f"{int((~finite).sum())} non-finite values of {value.numel()}, before "
+                f"matching; its losses {[n + suffix for n in loss_names]} would be NaN. The "
+                "model diverged: lower SOLVER.BASE_LR, check SOLVER.CLIP_GRADIENTS and the data."
+            )
 
 
 class SetCriterion(nn.Module):
@@ -102,6 +161,7 @@ class SetCriterion(nn.Module):
             layer_predictions: per decoder layer, last layer last, batched predictions.
             targets: per image, at least ``labels`` (T,) int64 plus what the terms read.
         """
+        check_finite_predictions(layer_predictions, sorted(self.weights))
         device = next(iter(layer_predictions[-1].values())).device
         num_targets = average_num_targets(targets, device)
         return deep_supervision(

@@ -10,15 +10,19 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from glid.data.image_io import read_image
+
 __all__ = ["GLIDDatasetMapper"]
 
 
 class GLIDDatasetMapper:
     """Dataset dict -> model input, in four steps shared by all tasks:
 
-    1. **read** ``file_name`` in ``INPUT.FORMAT`` (detectron2's reader: EXIF orientation applied);
+    1. **read** ``file_name`` in ``INPUT.FORMAT`` (:func:`glid.data.image_io.read_image`: EXIF
+       orientation applied, 16-bit images scaled to 8 bits);
     2. **check** it against the dict's ``height`` / ``width`` (filled in when absent, so that
-       inference knows the original size);
+       inference knows the original size); a sample that cannot be used raises one of
+       :data:`~glid.data.image_io.BAD_SAMPLE_ERRORS`, naming its file;
     3. **augment** the image and whatever :meth:`aug_input` adds (label maps, boxes, ...) with one
        list of detectron2 transforms: :meth:`train_augmentations` in training, the test resize
        (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) otherwise;
@@ -63,7 +67,7 @@ class GLIDDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         aug_input = self.aug_input(dataset_dict, image)
         transforms = self.augmentations(aug_input)

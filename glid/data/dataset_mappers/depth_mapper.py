@@ -31,7 +31,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from PIL import Image
+
+from glid.data.image_io import BadSampleError, read_label_map
 
 from .base_mapper import GLIDDatasetMapper
 from .build import DATASET_MAPPER_REGISTRY
@@ -41,21 +42,18 @@ __all__ = ["DepthDatasetMapper", "DepthColorAugmentation", "read_depth_png"]
 
 def read_depth_png(path: str, depth_scale: float, expected_hw: tuple[int, int] | None = None):
     """Reads a 16-bit single-channel depth PNG as float32 metres (``value / depth_scale``; 0
-    stays 0). Raises ValueError naming the file when it is not 16-bit single-channel or its
-    (H, W) differs from ``expected_hw``."""
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(
-                f"depth PNG {path} must be single-channel 16-bit, got PIL mode {mode!r}"
-            )
-        depth = np.asarray(im)
-    if mode == "I" and (depth.min(initial=0) < 0 or depth.max(initial=0) > 65535):
-        raise ValueError(f"depth PNG {path} has values outside the 16-bit range")
+    stays 0). Raises BadSampleError (a ValueError) naming the file when it cannot be read, is
+    not 16-bit single-channel or its (H, W) differs from ``expected_hw``."""
+    depth = read_label_map(path)  # exact values; BadSampleError if unreadable
+    sixteen_bit = depth.dtype.kind == "u" and depth.dtype.itemsize == 2
+    if not sixteen_bit and depth.dtype != np.int32:
+        raise BadSampleError(f"depth PNG {path} must be single-channel 16-bit, got {depth.dtype}")
+    if not sixteen_bit and (depth.min(initial=0) < 0 or depth.max(initial=0) > 65535):
+        raise BadSampleError(f"depth PNG {path} has values outside the 16-bit range")
     if depth.ndim != 2:
         raise ValueError(f"depth PNG {path} must be single-channel, got shape {depth.shape}")
     if expected_hw is not None and tuple(depth.shape) != tuple(expected_hw):
-        raise ValueError(
+        raise BadSampleError(
             f"depth PNG {path} has size {depth.shape[0]}x{depth.shape[1]} (HxW), but the image "
             f"is {expected_hw[0]}x{expected_hw[1]}"
         )

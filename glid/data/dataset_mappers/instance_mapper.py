@@ -20,9 +20,10 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, polygons_to_bitmask
+
+from glid.data.image_io import BadSampleError, read_label_map
 
 from .augmentations import build_segmentation_augmentations
 from .base_mapper import GLIDDatasetMapper
@@ -228,9 +229,11 @@ class PanopticSegmentationDatasetMapper(_MaskTargetsMapper):
                     "is DATASETS.TRAIN a panoptic dataset?"
                 )
         path = dataset_dict["pan_seg_file_name"]
-        rgb = utils.read_image(path, "RGB")
+        rgb = read_label_map(path, rgb=True)  # exact ids, never rescaled
         if rgb.shape[:2] != tuple(hw):
-            raise ValueError(f"panoptic PNG {path} has size {rgb.shape[:2]}, its image {tuple(hw)}")
+            raise BadSampleError(
+                f"panoptic PNG {path} has size {rgb.shape[:2]}, its image {tuple(hw)}"
+            )
         ids = rgb_to_panoptic_id(rgb)
         segments = dataset_dict["segments_info"]
         seg_ids = np.array([s["id"] for s in segments] or [0], np.int64)
@@ -240,7 +243,7 @@ class PanopticSegmentationDatasetMapper(_MaskTargetsMapper):
         found = seg_ids[order[pos]] == ids
         unknown = np.unique(ids[~found & (ids != 0)])
         if len(unknown):
-            raise ValueError(
+            raise BadSampleError(
                 f"panoptic PNG {path} has segment ids {unknown[:5].tolist()} that its "
                 "segments_info does not list"
             )

@@ -7,9 +7,10 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
+
+from glid.data.image_io import BadSampleError, read_label_map
 
 from .augmentations import build_segmentation_augmentations
 from .base_mapper import GLIDDatasetMapper
@@ -54,16 +55,20 @@ class SemanticSegmentationDatasetMapper(GLIDDatasetMapper):
         augmentations: list[T.Augmentation],
         image_format: str,
         ignore_label: int | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__(is_train, augmentations=augmentations, image_format=image_format)
         if is_train and ignore_label is None:
             raise ValueError("training needs the label maps' ignore_label")
         self.ignore_label = ignore_label
+        # Label values must lie in [0, num_classes) or be ignore_label (None: not checked).
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
         args = super().from_config(cfg, is_train)
         args["ignore_label"] = dataset_ignore_label(cfg) if is_train else None
+        args["num_classes"] = cfg.MODEL.GLID.NUM_CLASSES
         return args
 
     @classmethod
@@ -77,13 +82,26 @@ class SemanticSegmentationDatasetMapper(GLIDDatasetMapper):
             raise KeyError(
                 f"semantic segmentation needs 'sem_seg_file_name' for {dataset_dict['file_name']}"
             )
-        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
-        if sem_seg.ndim != 2:
-            raise ValueError(
-                f"label map of {dataset_dict['file_name']} must be single-channel, "
-                f"got shape {sem_seg.shape}"
+        path = dataset_dict.pop("sem_seg_file_name")
+        sem_seg = read_label_map(path)
+        if sem_seg.shape != image.shape[:2]:
+            raise BadSampleError(
+                f"label map {path} is {sem_seg.shape[0]}x{sem_seg.shape[1]} (HxW) but its image "
+                f"{dataset_dict['file_name']} is {image.shape[0]}x{image.shape[1]}"
             )
-        return T.AugInput(image, sem_seg=sem_seg)
+        if self.num_classes is not None:
+            values = np.unique(sem_seg)
+            bad = values[
+                (values != self.ignore_label) & ((values < 0) | (values >= self.num_classes))
+            ]
+            if len(bad):
+                raise BadSampleError(
+                    f"label map {path} has values {bad[:10].tolist()} outside "
+                    f"[0, MODEL.GLID.NUM_CLASSES={self.num_classes}) and not the ignore label "
+                    f"{self.ignore_label}: the class count is smaller than the data's labels, "
+                    "or the map stores something else (colours, unmapped ids)"
+                )
+        return T.AugInput(image, sem_seg=sem_seg.astype("double"))
 
     def add_targets(self, dataset_dict: dict, aug_input: T.AugInput, transforms) -> None:
         if not self.is_train:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import ImageList
 
-from ..criterion import SetCriterion
+from ..criterion import SetCriterion, check_class_ids
 from ..losses import PointMaskLoss, SoftmaxClassLoss
 from ..matcher import HungarianMatcher, PointMaskCost, SoftmaxClassCost
 from .base import DecoderInputs, GLIDTask
@@ -43,9 +43,13 @@ def build_mask_criterion(cfg) -> SetCriterion:
     return SetCriterion(matcher, terms, weights, cfg.MODEL.GLID.DEEP_SUPERVISION)
 
 
-def targets_from_instances(batched_inputs: list[dict], images: ImageList) -> list[dict]:
+def targets_from_instances(
+    batched_inputs: list[dict], images: ImageList, num_classes: int | None = None
+) -> list[dict]:
     """Per image ``labels`` (T,) and 0/1 ``masks`` (T, H, W) zero-padded to the batch's padded
-    size, from the mapper's ``instances`` (``gt_classes``, ``gt_masks``)."""
+    size, from the mapper's ``instances`` (``gt_classes``, ``gt_masks``). With ``num_classes``,
+    a class id outside [0, num_classes) raises ValueError naming the image (id C would
+    otherwise be taken for the no-object class, larger ones fail as an IndexError)."""
     h, w = images.tensor.shape[-2:]
     targets = []
     for x in batched_inputs:
@@ -55,6 +59,8 @@ def targets_from_instances(batched_inputs: list[dict], images: ImageList) -> lis
                 "mapper must provide gt_classes and gt_masks)"
             )
         inst = x["instances"].to(images.tensor.device)
+        if num_classes is not None:
+            check_class_ids(inst.gt_classes, num_classes, x.get("file_name", "?"))
         masks = inst.gt_masks
         masks = masks.tensor if hasattr(masks, "tensor") else masks
         padded = masks.new_zeros((masks.shape[0], h, w))
@@ -114,7 +120,8 @@ class MaskClassificationTask(GLIDTask):
     def losses(
         self, layer_predictions: list[dict], batched_inputs: list[dict], images: ImageList
     ) -> dict[str, torch.Tensor]:
-        return self.criterion(layer_predictions, targets_from_instances(batched_inputs, images))
+        targets = targets_from_instances(batched_inputs, images, self.num_classes)
+        return self.criterion(layer_predictions, targets)
 
     def inference(
         self, predictions: dict, batched_inputs: list[dict], images: ImageList
