@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 
 import glid
 from glid.checkpoint import GLIDCheckpointer
+from glid.data import test_dataset_dicts
 from glid.data.dataset_mappers import build_dataset_mapper
 from glid.engine import build_lr_scheduler, build_optimizer
 from glid.evaluation import build_evaluator
@@ -87,7 +88,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         mapper = build_dataset_mapper(cfg, is_train=False)
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        dataset = test_dataset_dicts(cfg, dataset_name)  # e.g. one input per person for pose
+        return build_detection_test_loader(dataset, mapper=mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -11,6 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import glid
+from glid.data import task_dataset_dicts
 from glid.data.dataset_mappers import build_dataset_mapper
 from glid.evaluation import build_evaluator
 from glid.modeling.tasks import TASK_REGISTRY
@@ -40,9 +41,11 @@ def tiny_task_cfg(task: str, *opts):
 
 
 def mapped(cfg, dataset: str, count: int, is_train: bool, start: int = 0) -> list[dict]:
-    """The first ``count`` dicts of ``dataset`` (from ``start``) through the registered mapper."""
+    """The first ``count`` inputs of ``dataset`` (from ``start``; the task's inputs made from its
+    dicts, e.g. persons for pose) through the registered mapper."""
     mapper = build_dataset_mapper(cfg, is_train=is_train)
-    return [mapper(d) for d in DatasetCatalog.get(dataset)[start : start + count]]
+    dicts = task_dataset_dicts(cfg, DatasetCatalog.get(dataset), is_train)
+    return [mapper(d) for d in dicts[start : start + count]]
 
 
 def register_subset(dataset: str, count: int) -> str:

@@ -98,3 +98,20 @@ def test_swin_b_pretraining_fits_every_imagenet_classification_model():
         }, name
         width = 1024 if "encoder" in name else 256
         assert model["head.weight"] == (1000, width), name
+
+
+def test_pose_recipe_is_tab8():
+    cfg = _cfg("coco_pose_glid.yaml")
+    s, pose = cfg.SOLVER, cfg.MODEL.GLID.POSE
+    assert cfg.MODEL.GLID.TASK == "pose" and cfg.MODEL.GLID.NUM_QUERIES == pose.NUM_KEYPOINTS == 17
+    assert s.OPTIMIZER == "ADAMW" and s.BASE_LR == 5e-4 and s.LAYER_DECAY == 0.8
+    assert s.BACKBONE_MULTIPLIER == 1.0 and s.IMS_PER_BATCH == 512 and s.WEIGHT_DECAY == 0.1
+    assert cfg.MODEL.SWIN.DROP_PATH_RATE == 0.3
+    persons = 149813  # COCO train2017 persons with a labelled keypoint
+    epochs = [it * s.IMS_PER_BATCH / persons for it in (*s.STEPS, s.MAX_ITER)]
+    assert epochs == pytest.approx([170, 200, 210], abs=0.01)
+    assert s.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and s.GAMMA == 0.1
+    assert tuple(cfg.INPUT.POSE.CROP_SIZE) == (256, 192) and pose.FLIP_TEST
+    assert cfg.INPUT.POSE.FLIP_PROB > 0 and cfg.INPUT.POSE.HALF_BODY_PROB > 0
+    assert cfg.INPUT.POSE.ROTATION_PROB > 0 and cfg.INPUT.POSE.SCALE_FACTOR > 0
+    assert cfg.INPUT.POSE.COLOR_JITTER > 0

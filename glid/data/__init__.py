@@ -28,6 +28,7 @@ from glid.data.datasets.synthetic_meta import (
     default_root,
     synthetic_dir,
 )
+from glid.data.task_dataset import task_dataset_dicts, test_dataset_dicts
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
@@ -48,4 +49,6 @@ __all__ = [
     "register_all_synthetic",
     "synthetic_dataset_names",
     "synthetic_dir",
+    "task_dataset_dicts",
+    "test_dataset_dicts",
 ]

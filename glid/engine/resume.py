@@ -60,6 +60,7 @@ from torch.utils import data as torchdata
 
 from glid.data.image_io import BAD_SAMPLE_ERRORS
 from glid.data.subset import subset_dataset_dicts
+from glid.data.task_dataset import task_dataset_dicts
 
 __all__ = [
     "ExactResumeHook",
@@ -297,18 +298,14 @@ def _aspect_ratio_groups(dataset) -> list[int] | None:
     return [0 if d["width"] > d["height"] else 1 for d in dataset]
 
 
-def train_dataset_dicts(cfg) -> list[dict] | None:
-    """The training dicts with ``DATASETS.TRAIN_FRACTION`` applied, or None (detectron2 builds
-    them) at fraction 1.0.
-
-    Each dataset of ``DATASETS.TRAIN`` is loaded and filtered as detectron2's
-    ``get_detection_dataset_dicts`` does, then reduced to its own fraction
-    (:func:`glid.data.subset.subset_dataset_dicts`, seeded by ``DATASETS.TRAIN_FRACTION_SEED``),
-    then the subsets are concatenated: every dataset keeps the same share.
+def train_dataset_dicts(cfg) -> list[dict]:
+    """The training inputs: each dataset of ``DATASETS.TRAIN`` loaded and filtered as
+    detectron2's ``get_detection_dataset_dicts`` does, reduced to its ``DATASETS.TRAIN_FRACTION``
+    (:func:`glid.data.subset.subset_dataset_dicts`, seeded by ``DATASETS.TRAIN_FRACTION_SEED``;
+    every dataset keeps the same share), concatenated, then made into the task's inputs
+    (:func:`glid.data.task_dataset_dicts`, e.g. one per person for top-down pose).
     """
     fraction = cfg.DATASETS.TRAIN_FRACTION
-    if fraction == 1.0:
-        return None
     names = list(cfg.DATASETS.TRAIN)
     proposal_files = (
         list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if cfg.MODEL.LOAD_PROPOSALS else [None] * len(names)
@@ -326,24 +323,27 @@ def train_dataset_dicts(cfg) -> list[dict] | None:
             proposal_files=None if proposal_file is None else [proposal_file],
         )
         if not isinstance(part, list):
-            raise TypeError(
-                f"DATASETS.TRAIN_FRACTION needs a list of dicts; {name} is {type(part)}"
+            raise TypeError(f"training dataset {name} must be a list of dicts, is {type(part)}")
+        if fraction != 1.0:
+            subset = subset_dataset_dicts(part, fraction, cfg.DATASETS.TRAIN_FRACTION_SEED)
+            logger.info(
+                "using %d of %d images of %s (DATASETS.TRAIN_FRACTION=%g)",
+                len(subset),
+                len(part),
+                name,
+                fraction,
             )
-        subset = subset_dataset_dicts(part, fraction, cfg.DATASETS.TRAIN_FRACTION_SEED)
-        logger.info(
-            "using %d of %d images of %s (DATASETS.TRAIN_FRACTION=%g)",
-            len(subset),
-            len(part),
-            name,
-            fraction,
-        )
-        dicts += subset
+            part = subset
+        dicts += part
     if "annotations" in dicts[0]:
         try:
             check_metadata_consistency("thing_classes", names)
         except AttributeError:  # as detectron2: datasets without class names
             pass
-    return dicts
+    inputs = task_dataset_dicts(cfg, dicts, is_train=True)
+    if not inputs:
+        raise ValueError(f"no training input for task {cfg.MODEL.GLID.TASK!r} in {names}")
+    return inputs
 
 
 def build_train_loader(cfg, mapper, *, dataset=None, sampler=None):

@@ -17,6 +17,7 @@ from detectron2.utils.registry import Registry
 
 from .classification_evaluation import ClassificationEvaluator
 from .depth_evaluation import DepthEvaluator
+from .keypoint_evaluation import KeypointEvaluator
 from .mim_evaluation import MIMEvaluator
 from .panoptic_evaluation import PanopticEvaluator, PanopticSemSegEvaluator, ThingInstanceEvaluator
 
@@ -91,6 +92,20 @@ def depth(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
     """delta1/2/3, AbsRel, SqRel, RMSE, RMSE-log, log10, SILog per image, averaged
     (:class:`DepthEvaluator`, distributed; Eigen crop where the metadata asks for it)."""
     return DepthEvaluator(dataset_name, distributed=True)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco_keypoints(cfg, dataset_name: str, output_folder: str) -> DatasetEvaluator:
+    """Keypoint OKS AP of top-down pose after OKS-NMS per image (:class:`KeypointEvaluator`;
+    ``TEST.KEYPOINT_OKS_SIGMAS``, empty: COCO's)."""
+    pose = cfg.MODEL.GLID.POSE
+    return KeypointEvaluator(
+        dataset_name,
+        oks_nms_thresh=pose.OKS_NMS_THRESH,
+        kpt_oks_sigmas=tuple(cfg.TEST.KEYPOINT_OKS_SIGMAS),
+        box_source=pose.TEST_DETECTIONS or "ground truth",
+        output_dir=output_folder,
+    )
 
 
 @EVALUATOR_REGISTRY.register()

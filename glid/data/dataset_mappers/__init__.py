@@ -8,6 +8,7 @@ from .classification_mapper import ImageClassificationDatasetMapper
 from .depth_mapper import DepthDatasetMapper
 from .detection_mapper import DetectionDatasetMapper
 from .instance_mapper import InstanceSegmentationDatasetMapper, PanopticSegmentationDatasetMapper
+from .pose_mapper import TopDownPoseDatasetMapper
 from .semantic_mapper import SemanticSegmentationDatasetMapper
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "InstanceSegmentationDatasetMapper",
     "PanopticSegmentationDatasetMapper",
     "SemanticSegmentationDatasetMapper",
+    "TopDownPoseDatasetMapper",
     "build_dataset_mapper",
     "dataset_mapper_name",
 ]

@@ -9,6 +9,7 @@ from .instance import InstanceSegmentationTask
 from .mask_classification import MaskClassificationTask
 from .mim import MaskedImageModelingTask
 from .panoptic import PanopticSegmentationTask
+from .pose import PoseEstimationTask
 from .semantic import SemanticSegmentationTask
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "MaskClassificationTask",
     "MaskedImageModelingTask",
     "PanopticSegmentationTask",
+    "PoseEstimationTask",
     "SemanticSegmentationTask",
     "build_task",
     "build_task_head",

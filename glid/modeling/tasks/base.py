@@ -11,7 +11,9 @@ queries, transformer decoder and one ``nn.Linear``. A task says
   masked attention, the next layer's attention mask (:meth:`GLIDTask.attention_mask`);
 * its losses over the predictions of every decoder layer (:meth:`GLIDTask.losses`);
 * its inference into detectron2's per-image output fields (:meth:`GLIDTask.inference`);
-* the dataset mapper it reads data with by default (:attr:`GLIDTask.dataset_mapper`);
+* the dataset mapper it reads data with by default (:attr:`GLIDTask.dataset_mapper`) and, when
+  its inputs are not whole images, how a dataset's dicts become them
+  (:meth:`GLIDTask.dataset_dicts`);
 * optionally: which parts of the model it runs and trains (:attr:`GLIDTask.uses_decoder`,
   :attr:`GLIDTask.trains_head_only`, :meth:`GLIDTask.head_in_features`), a training-batch
   transform (:meth:`GLIDTask.prepare_batch`, e.g. mixup) and an initialization of the model it
@@ -90,6 +92,13 @@ class GLIDTask(nn.Module):
     def head_splits(cls, cfg) -> dict[str, int]:
         """Ordered ``{answer name: size}`` of the task's one linear head."""
         raise NotImplementedError
+
+    @classmethod
+    def dataset_dicts(cls, cfg, dataset_dicts: list[dict], is_train: bool) -> list[dict]:
+        """The inputs of the task's mapper made from a dataset's (image-level) dicts (default:
+        the same; top-down pose makes one dict per person). Applied by the training and test
+        loaders (:func:`glid.data.task_dataset_dicts`)."""
+        return dataset_dicts
 
     def initialize(self, model: nn.Module) -> None:
         """Called once at the end of ``GLID.__init__`` (default: nothing)."""
