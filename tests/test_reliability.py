@@ -342,3 +342,85 @@ def test_non_finite_predictions_stop_training_before_the_matcher(sem_samples, mo
     message = str(exc.value)
     assert message.startswith("Loss became infinite or NaN at iteration=17!")
     assert "'pred_logits' of decoder layer 0" in message and "loss_ce_0" in message
+
+
+# ---- checkpoints: never from non-finite weights, never half written ----
+
+
+def _checkpointer(model, folder):
+    from glid.checkpoint import GLIDCheckpointer
+
+    return GLIDCheckpointer(model, str(folder), task_name="sem")
+
+
+def test_no_checkpoint_from_non_finite_weights(tmp_path):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    checkpointer = _checkpointer(model, tmp_path)
+    checkpointer.save("model_0000009")
+    with torch.no_grad():
+        model[1].running_var[2] = float("inf")
+    with pytest.raises(
+        FloatingPointError, match=r"(?s)model_0000019.*model_0000009.*1.running_var"
+    ):
+        checkpointer.save("model_0000019")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    model = nn.Linear(4, 4)
+    checkpointer = _checkpointer(model, tmp_path)
+    checkpointer.save("model_final")
+    saved = model.weight.detach().clone()
+
+    def killed_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_half_way)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_final")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    fresh = nn.Linear(4, 4)
+    _checkpointer(fresh, tmp_path).resume_or_load("", resume=True)
+    assert torch.equal(fresh.weight, saved)
+
+
+def test_sigkill_during_save_leaves_a_resumable_checkpoint(tmp_path):
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from torch import nn
+        from glid.checkpoint import GLIDCheckpointer
+        model = nn.Linear(64, 64)
+        torch.nn.init.constant_(model.weight, 0.5)
+        checkpointer = GLIDCheckpointer(model, {str(tmp_path)!r}, task_name="sem")
+        checkpointer.save("model_0000099")
+        checkpointer.save("model_final")
+        def killed(obj, f, *args, **kwargs):
+            f.write(b"PK\\x03\\x04 half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = killed
+        torch.nn.init.constant_(model.weight, 2.0)
+        checkpointer.save("model_final")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    from torch import nn
+
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    fresh = nn.Linear(64, 64)
+    _checkpointer(fresh, tmp_path).resume_or_load("", resume=True)
+    assert (fresh.weight == 0.5).all()

@@ -21,15 +21,25 @@ instead, by what is being loaded:
 Anything else (a missing or mis-shaped parameter, an unknown entry) raises
 :class:`CheckpointMismatchError` with the list of keys. What was newly initialized and what was
 ignored is logged and kept in :attr:`GLIDCheckpointer.last_load`.
+
+Saving is safe against divergence and interruption: weights with a NaN or infinity are never
+written (FloatingPointError; the previous checkpoint stays the last one), and every file
+(checkpoint and ``last_checkpoint``) is written to a temporary file in the same folder, flushed
+to disk and renamed over its name, so a kill during a save leaves the previous checkpoint as
+the last one and ``--resume`` never meets a partly written file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
@@ -61,6 +71,39 @@ class LoadReport:
 def _listing(title: str, keys) -> str:
     keys = sorted(keys)
     return f"{title} ({len(keys)}):\n  " + "\n  ".join(str(k) for k in keys)
+
+
+def non_finite_entries(state_dict: dict) -> list[str]:
+    """Keys of the floating-point tensors of ``state_dict`` holding a NaN or an infinity (one
+    device synchronization when there are none)."""
+    floats = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not floats or torch.stack([torch.isfinite(v).all().cpu() for _, v in floats]).all():
+        return []
+    return [k for k, v in floats if not torch.isfinite(v).all()]
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` through ``write(file)`` so that it is either the old file or the
+    complete new one: a temporary file in the same folder, fsync, ``os.replace``, fsync of the
+    folder. The temporary file is removed if writing fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt / SystemExit: never leave the temp file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class GLIDCheckpointer(DetectionCheckpointer):
@@ -112,8 +155,42 @@ class GLIDCheckpointer(DetectionCheckpointer):
         )
 
     def save(self, name: str, **kwargs) -> None:
+        """Writes ``<save_dir>/<name>.pth`` (model, checkpointables, ``glid_task`` and
+        ``kwargs``) atomically, then names it in ``last_checkpoint`` (atomically too).
+        ``save_dir`` is a local folder (detectron2's would also take other iopath URLs).
+
+        Raises:
+            FloatingPointError: if a weight of the model is NaN or infinite; nothing is
+                written and ``last_checkpoint`` keeps naming the previous checkpoint.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
         kwargs.setdefault("glid_task", self.task_name)
-        super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        bad = non_finite_entries(data["model"])
+        if bad:
+            raise FloatingPointError(
+                f"not saving {name}.pth: the model's weights are not finite (diverged); "
+                f"last_checkpoint still names {self._last_name() or 'no checkpoint'}.\n"
+                + _listing("non-finite entries", bad[:20])
+            )
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Names ``last_filename_basename`` in ``save_dir/last_checkpoint``, atomically."""
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def _last_name(self) -> str:
+        last = self.get_checkpoint_file()
+        return os.path.basename(last) if last else ""
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
         """The last checkpoint of ``save_dir`` (exact) when resuming and one exists, else
