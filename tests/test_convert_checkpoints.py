@@ -278,3 +278,74 @@ def test_converted_file_starts_a_fine_tuning_run_in_encoder_scope(timm_swin, tmp
     assert "backbone.output_norms.res2.weight" in report.new and "head.weight" in report.new
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in weights.items())
+
+
+# ---- Relative-position-bias tables resized to another window (issue 14) ----
+
+
+def _attention_bias(table, window):
+    """The (heads, N, N) bias a timm window-attention block adds, for a window of that side."""
+    from timm.models.swin_transformer import WindowAttention
+
+    attn = WindowAttention(dim=8 * table.shape[1], num_heads=table.shape[1], window_size=window)
+    with torch.no_grad():
+        attn.relative_position_bias_table.copy_(table)
+        return attn._get_rel_pos_bias()[0]
+
+
+def _sub_window(bias, window, side):
+    """Bias among the tokens of the top-left side x side corner of a window."""
+    keep = torch.tensor([y * window + x for y in range(side) for x in range(side)])
+    return bias[:, keep][:, :, keep]
+
+
+# Public checkpoints: window 7 (224), 6 (SimMIM 192), 12 (384); our candidates 7, 8, 12.
+@pytest.mark.parametrize("src,dst", [(7, 8), (6, 8), (6, 7), (7, 12), (12, 8), (12, 7), (8, 7)])
+def test_resized_table_keeps_the_bias_at_offsets_both_windows_have(src, dst):
+    """Two tokens that fit in a window of either size get exactly the same attention bias
+    before and after the resize, growing or shrinking: the token (patch) size is the same, so an
+    offset is the same distance. Offsets new to a larger window take timm's resampled values.
+    (timm's resize_rel_pos_bias_table alone keeps only offsets within +-1: it resamples the
+    whole table on geometrically spaced positions.)"""
+    from timm.layers import resize_rel_pos_bias_table
+
+    from glid.modeling.backbone.swin import resize_relative_position_bias
+
+    torch.manual_seed(0)
+    heads = 3
+    table = torch.randn((2 * src - 1) ** 2, heads)
+    resized = resize_relative_position_bias(table, dst)
+    assert resized.shape == ((2 * dst - 1) ** 2, heads)
+    shared = min(src, dst)
+    before = _sub_window(_attention_bias(table, src), src, shared)
+    after = _sub_window(_attention_bias(resized, dst), dst, shared)
+    assert torch.equal(after, before)
+    if dst > src:
+        timm_table = resize_rel_pos_bias_table(
+            table, new_window_size=(dst, dst), new_bias_shape=resized.shape
+        ).reshape(2 * dst - 1, 2 * dst - 1, heads)
+        grid = resized.reshape(2 * dst - 1, 2 * dst - 1, heads)
+        inner = torch.zeros(2 * dst - 1, 2 * dst - 1, dtype=torch.bool)
+        inner[dst - src : dst + src - 1, dst - src : dst + src - 1] = True
+        torch.testing.assert_close(grid[~inner], timm_table[~inner])
+    assert torch.equal(resize_relative_position_bias(table, src), table)
+
+
+def test_resize_names_a_table_of_no_square_window():
+    from glid.modeling.backbone.swin import resize_relative_position_bias
+
+    with pytest.raises(ValueError, match=r"square window, got \(48, 2\)"):
+        resize_relative_position_bias(torch.zeros(48, 2), 8)
+    with pytest.raises(ValueError, match=r"got \(16, 2\)"):  # 4 x 4: an even side
+        resize_relative_position_bias(torch.zeros(16, 2), 8)
+
+
+def test_converter_keeps_shared_offsets_of_every_table(timm_swin, tmp_path):
+    """Window 4 -> 8 through the command line: every resized table keeps its 7 x 7 offsets."""
+    source = {"model": official_state_dict(timm_swin)}
+    opts = ["MODEL.SWIN.WINDOW_SIZE", "8", "MODEL.SWIN.PRETRAIN_IMG_SIZE", "256"]
+    result, weights = convert(SUPERVISED, tmp_path, source, *opts)
+    assert len(result.resized) == 5  # every block, stage 4 included (8 x 8 tokens at 256)
+    for k in result.resized:
+        grid = weights["backbone.swin." + k].reshape(15, 15, -1)
+        torch.testing.assert_close(grid[4:11, 4:11].reshape(49, -1), source["model"][k])

@@ -7,11 +7,14 @@ layout) and ``tools/convert-simmim-swin-to-d2.py`` (SimMIM pre-training) both go
 1. drop what the encoder does not have: classifier ``head.*``, the final ``norm.*`` (GLID has one
    LayerNorm per output stage instead), SimMIM's pixel decoder, non-tensor entries;
 2. take out the encoder mask token, if any, reshaped to the encoder's (1, 1, 1, C);
-3. let timm's own ``checkpoint_filter_fn`` do the rest against the target encoder: it moves the
-   official layout's ``downsample`` (end of stage i) to timm's (start of stage i + 1), drops the
-   non-persistent buffers (``relative_position_index``, ``attn_mask``) and resizes the
-   relative-position-bias tables to the target's windows;
-4. check that every ``swin.*`` tensor of the target is produced with its shape, and nothing else.
+3. resize each relative-position-bias table to its target block's window with
+   :func:`glid.modeling.backbone.swin.resize_relative_position_bias`: offsets both windows have
+   keep their bias exactly, offsets new to a larger window take timm's resampled values (timm's
+   ``resize_rel_pos_bias_table`` alone would resample every offset beyond +-1);
+4. let timm's own ``checkpoint_filter_fn`` do the rest against the target encoder: it moves the
+   official layout's ``downsample`` (end of stage i) to timm's (start of stage i + 1) and drops
+   the non-persistent buffers (``relative_position_index``, ``attn_mask``);
+5. check that every ``swin.*`` tensor of the target is produced with its shape, and nothing else.
 
 The result is a detectron2 pickle (``matching_heuristics: False``, so the names are loaded exactly
 as written) with names ``backbone.swin.<timm name>`` and ``backbone.mask_token``. The encoder's
@@ -34,7 +37,11 @@ from detectron2.modeling import ShapeSpec
 from timm.models.swin_transformer import checkpoint_filter_fn
 
 from glid import add_glid_config
-from glid.modeling.backbone.swin import D2SwinTransformer, build_glid_swin_backbone
+from glid.modeling.backbone.swin import (
+    D2SwinTransformer,
+    build_glid_swin_backbone,
+    resize_relative_position_bias,
+)
 
 __all__ = [
     "ConversionResult",
@@ -185,7 +192,7 @@ def convert_swin_state_dict(
         else:
             dropped.setdefault(reason, []).append(k)
 
-    # timm resizes each table to its block's window; tables of blocks the target lacks, or with
+    # Each table is resized to its block's window; tables of blocks the target lacks, or with
     # another head count, cannot be resized: they go straight to the check below.
     swin = encoder.swin
     target_sd = swin.state_dict()
@@ -197,6 +204,11 @@ def convert_swin_state_dict(
         if target is None or v.dim() != 2 or v.shape[1] != target.shape[1]:
             unfit[k] = kept.pop(k)
         elif v.shape != target.shape:
+            window = swin.get_submodule(k[: -len("." + TABLE)]).window_size
+            try:
+                kept[k] = resize_relative_position_bias(v, window)
+            except ValueError as e:
+                raise ValueError(f"{k}: {e}") from e
             resized[k] = (tuple(v.shape), tuple(target.shape))
     converted = checkpoint_filter_fn(kept, swin)
     converted.update(unfit)

@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from timm.layers import resize_rel_pos_bias_table
 from timm.models.swin_transformer import (
     SwinTransformer,
     SwinTransformerBlock,
@@ -45,6 +46,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "D2SwinTransformer",
     "build_glid_swin_backbone",
+    "resize_relative_position_bias",
     "window_attention",
     "window_attention_mask",
 ]
@@ -136,6 +138,49 @@ def window_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tens
     if sh or sw:
         x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
     return x[:, :h, :w].contiguous() if (hp != h or wp != w) else x
+
+
+def resize_relative_position_bias(
+    table: torch.Tensor, window: int | tuple[int, int]
+) -> torch.Tensor:
+    """A Swin relative-position-bias table for another window, unchanged where both windows
+    have the offset.
+
+    Row ``(dy + wh - 1) * (2 * ww - 1) + (dx + ww - 1)`` of a table holds the bias of a key
+    ``(dy, dx)`` tokens away from its query. The token (patch) size does not change with the
+    window, so an offset both windows have keeps its bias exactly; only offsets new to a larger
+    window need values, taken from timm's ``resize_rel_pos_bias_table`` (BEiT's resampling on
+    geometrically spaced positions, which reaches the source's border values at the new
+    border). timm's routine alone keeps only offsets within +-1 exactly; it resamples the rest.
+
+    Args:
+        table: ``((2a - 1) ** 2, heads)``, from a square window of side ``a``.
+        window: the target window, ``b`` or ``(bh, bw)``.
+
+    Returns:
+        ``((2bh - 1) * (2bw - 1), heads)``, same dtype and device.
+    """
+    bh, bw = (window, window) if isinstance(window, int) else tuple(window)
+    side = math.isqrt(table.shape[0]) if table.dim() == 2 else 0
+    if table.dim() != 2 or side * side != table.shape[0] or side % 2 == 0:
+        raise ValueError(
+            "relative-position-bias table must be ((2 * window - 1) ** 2, heads) of a square "
+            f"window, got {tuple(table.shape)}"
+        )
+    src, heads = (side + 1) // 2, table.shape[1]
+    if (bh, bw) == (src, src):
+        return table
+    shape = ((2 * bh - 1) * (2 * bw - 1), heads)
+    resized = resize_rel_pos_bias_table(
+        table, new_window_size=(bh, bw), new_bias_shape=shape, old_window_size=(src, src)
+    )
+    resized = resized.reshape(2 * bh - 1, 2 * bw - 1, heads).clone()
+    kh, kw = min(src, bh) - 1, min(src, bw) - 1  # largest offsets both windows have
+    old = table.reshape(side, side, heads)
+    resized[bh - 1 - kh : bh + kh, bw - 1 - kw : bw + kw] = old[
+        src - 1 - kh : src + kh, src - 1 - kw : src + kw
+    ]
+    return resized.reshape(shape)
 
 
 def _block_forward(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
