@@ -424,3 +424,54 @@ def test_sigkill_during_save_leaves_a_resumable_checkpoint(tmp_path):
     fresh = nn.Linear(64, 64)
     _checkpointer(fresh, tmp_path).resume_or_load("", resume=True)
     assert (fresh.weight == 0.5).all()
+
+
+# ---- schedules that do not fit the run ----
+
+
+def _schedule_warnings(caplog, *opts):
+    import torch
+
+    from glid.engine import build_lr_scheduler
+    from tests.utils import make_tiny_cfg
+
+    cfg = make_tiny_cfg(*opts)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="glid.engine.lr_scheduler"):
+        scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return [r.getMessage() for r in caplog.records if r.name == "glid.engine.lr_scheduler"], lrs
+
+
+def test_schedules_that_fit_the_run_are_not_warned_about(caplog):
+    for name in ("WarmupPolyLR", "WarmupCosineLR", "WarmupMultiStepLR"):
+        messages, lrs = _schedule_warnings(
+            caplog, "SOLVER.LR_SCHEDULER_NAME", name, "SOLVER.MAX_ITER", 200,
+            "SOLVER.WARMUP_ITERS", 20, "SOLVER.STEPS", (150, 400),
+        )  # fmt: skip
+        assert messages == [] and lrs[-1] > 0, name
+
+
+def test_warm_up_longer_than_the_run_is_warned_about_with_the_numbers(caplog):
+    messages, lrs = _schedule_warnings(
+        caplog, "SOLVER.MAX_ITER", 50, "SOLVER.WARMUP_ITERS", 200, "SOLVER.WARMUP_FACTOR", 0.001
+    )
+    (message,) = messages
+    assert "SOLVER.WARMUP_ITERS=200 is longer than the run (SOLVER.MAX_ITER=50)" in message
+    peak = float(message.split("at ")[-1].split(" x")[0])
+    assert peak == pytest.approx(lrs[-1] / 0.001, rel=1e-2) and peak < 0.3
+
+
+def test_learning_rate_ending_before_the_run_is_warned_about(caplog):
+    messages, lrs = _schedule_warnings(
+        caplog, "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.MAX_ITER", 100,
+        "SOLVER.WARMUP_ITERS", 0, "SOLVER.STEPS", (60,), "SOLVER.GAMMA", 0.0,
+    )  # fmt: skip
+    (message,) = messages
+    assert "is 0 from iteration 60 on: the last 40 of SOLVER.MAX_ITER=100" in message
+    assert lrs[59] > 0 and lrs[60] == 0
