@@ -6,6 +6,11 @@
     python demo/demo.py --config-file ... --video-input clip.mp4 --output clip_vis.mp4 --opts ...
     python demo/demo.py --config-file configs/coco_det_glid.yaml --input photo.jpg --output vis/ \
         --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth   # boxes scoring >= 0.3
+    python demo/demo.py --config-file configs/coco_pose_glid.yaml --input photo.jpg --output vis/ \
+        --detector-config-file configs/coco_det_glid.yaml --detector-weights det.pth \
+        --opts MODEL.WEIGHTS pose.pth          # keypoints of the persons a GLID detector finds
+    python demo/demo.py --config-file configs/coco_pose_glid.yaml --input val2017/ --output vis/ \
+        --person-boxes person_detections.json --opts MODEL.WEIGHTS pose.pth
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from predictor import VisualizationDemo  # noqa: E402
+from predictor import DetectionFileBoxes, DetectorBoxes, VisualizationDemo  # noqa: E402
 
 import glid  # noqa: E402
 from glid.data.image_io import read_image  # noqa: E402
@@ -53,10 +58,47 @@ def get_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="draw only instances (boxes, masks, keypoints) scoring at least this",
     )
+    pose = parser.add_argument_group("top-down pose: person boxes (one of)")
+    pose.add_argument(
+        "--person-boxes",
+        metavar="FILE",
+        help="detection-results JSON (COCO results; matched by file name or image id)",
+    )
+    pose.add_argument(
+        "--detector-config-file", metavar="FILE", help="a GLID detection config run first"
+    )
+    pose.add_argument("--detector-weights", metavar="FILE", help="its MODEL.WEIGHTS")
+    pose.add_argument(
+        "--person-class", default="person", help="the detector's class name of persons"
+    )
+    pose.add_argument(
+        "--person-category-id", type=int, default=1, help="category_id of persons in the file"
+    )
+    pose.add_argument(
+        "--box-threshold", type=float, default=0.5, help="lowest score of a person box"
+    )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
     )
     return parser
+
+
+def person_box_source(args):
+    """The person boxes of a pose demo: a detection-results file or a detector run first."""
+    if args.person_boxes and args.detector_config_file:
+        raise SystemExit("give one of --person-boxes and --detector-config-file")
+    if args.person_boxes:
+        return DetectionFileBoxes(args.person_boxes, args.person_category_id, args.box_threshold)
+    if args.detector_config_file:
+        if not args.detector_weights:
+            raise SystemExit("--detector-config-file needs --detector-weights")
+        cfg = get_cfg()
+        glid.add_glid_config(cfg)
+        cfg.merge_from_file(args.detector_config_file)
+        cfg.MODEL.WEIGHTS = args.detector_weights
+        cfg.freeze()
+        return DetectorBoxes(cfg, args.person_class, args.box_threshold)
+    return None
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -103,7 +145,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     logger = setup_logger(name="glid.demo")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give exactly one of --input and --video-input")
-    demo = VisualizationDemo(setup_cfg(args), score_threshold=args.confidence_threshold)
+    demo = VisualizationDemo(
+        setup_cfg(args),
+        score_threshold=args.confidence_threshold,
+        person_boxes=person_box_source(args),
+    )
     written = []
     if args.input:
         paths = expand_inputs(args.input)
@@ -116,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 failed.append(path)
                 continue
             start = time.perf_counter()
-            predictions, vis = demo.run_on_image(image)
+            predictions, vis = demo.run_on_image(image, path)
             logger.info(f"{path}: {sorted(predictions)} in {time.perf_counter() - start:.2f}s")
             os.makedirs(os.path.dirname(out), exist_ok=True)
             vis.save(out)

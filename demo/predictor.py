@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -90,12 +93,70 @@ def _draw_reconstruction(network_input_rgb: np.ndarray, predictions: dict) -> Vi
     return VisImage(reconstruction_panel(network_input_rgb, recon, mask))
 
 
+class DetectionFileBoxes:
+    """Person boxes of a detection-results JSON (COCO results: ``image_id``, ``category_id``,
+    ``bbox`` xywh, ``score``; an entry may carry ``file_name`` instead of ``image_id``) for the
+    demo's input files: an entry belongs to a file with its base name, or whose name is its
+    ``image_id`` (COCO's ``000000397133.jpg`` is image 397133)."""
+
+    def __init__(self, path: str, category_id: int = 1, score_threshold: float = 0.0):
+        with open(path) as f:
+            detections = json.load(f)
+        if not isinstance(detections, list):
+            raise ValueError(f"{path}: expected a JSON list of detection results")
+        self.path = path
+        self.by_key = defaultdict(list)
+        for det in detections:
+            if det.get("category_id") == category_id and det.get("score", 1.0) >= score_threshold:
+                key = os.path.basename(det["file_name"]) if "file_name" in det else det["image_id"]
+                self.by_key[key].append(det)
+
+    def __call__(self, image_bgr: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndarray]:
+        if path is None:
+            raise ValueError(f"person boxes from {self.path} need the input's file name")
+        name = os.path.basename(path)
+        stem = os.path.splitext(name)[0]
+        dets = self.by_key.get(name, []) + (
+            self.by_key.get(int(stem), []) if stem.isdigit() else []
+        )
+        boxes = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        return boxes, np.array([d.get("score", 1.0) for d in dets], dtype=np.float64)
+
+
+class DetectorBoxes:
+    """Person boxes from a GLID detection model run on the same image first (its config and
+    weights), those of class ``person_class`` scoring at least ``score_threshold``."""
+
+    def __init__(self, cfg, person_class: str = "person", score_threshold: float = 0.5):
+        self.predictor = GLIDPredictor(cfg)
+        names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None) or []
+        if person_class not in names:
+            raise ValueError(
+                f"the detector's classes ({cfg.DATASETS.TEST[0]}: {names}) have no "
+                f"{person_class!r}"
+            )
+        self.class_id = names.index(person_class)
+        self.score_threshold = score_threshold
+
+    def __call__(self, image_bgr: np.ndarray, path: str | None) -> tuple[np.ndarray, np.ndarray]:
+        instances = self.predictor(image_bgr)["instances"].to("cpu")
+        keep = (instances.pred_classes == self.class_id) & (
+            instances.scores >= self.score_threshold
+        )
+        return instances.pred_boxes.tensor[keep].numpy(), instances.scores[keep].numpy()
+
+
 class VisualizationDemo:
     """:class:`glid.engine.GLIDPredictor` (BGR input, the task's test transform, every weight
     of ``MODEL.WEIGHTS`` loaded) plus drawing."""
 
     def __init__(
-        self, cfg, instance_mode: ColorMode = ColorMode.IMAGE, score_threshold: float = 0.0
+        self,
+        cfg,
+        instance_mode: ColorMode = ColorMode.IMAGE,
+        score_threshold: float = 0.0,
+        person_boxes: Callable | None = None,
     ):
         dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(dataset)
@@ -103,16 +164,27 @@ class VisualizationDemo:
         self.instance_mode = instance_mode
         self.score_threshold = score_threshold
         self.predictor = GLIDPredictor(cfg)
+        # Top-down pose: (image_bgr, path) -> (P, 4) xyxy person boxes and (P,) scores.
+        self.person_boxes = person_boxes
+        if (person_boxes is None) != (self.predictor.person_mapper is None):
+            raise ValueError(
+                "a pose model needs person boxes (--person-boxes FILE or --detector-config-file"
+                " with --detector-weights); other models take none"
+            )
 
-    def predict(self, image_bgr: np.ndarray) -> dict:
+    def predict(self, image_bgr: np.ndarray, path: str | None = None) -> dict:
         """The model's predictions; ``instances`` scoring below ``score_threshold`` dropped."""
-        predictions = self.predictor(image_bgr)
+        if self.person_boxes is not None:
+            boxes, scores = self.person_boxes(image_bgr, path)
+            predictions = self.predictor(image_bgr, boxes, scores)
+        else:
+            predictions = self.predictor(image_bgr)
         return keep_confident(predictions, self.score_threshold)
 
-    def run_on_image(self, image_bgr: np.ndarray) -> tuple[dict, VisImage]:
+    def run_on_image(self, image_bgr: np.ndarray, path: str | None = None) -> tuple[dict, VisImage]:
         """Returns the (thresholded) predictions and the visualization of an (H, W, 3) BGR
-        image."""
-        predictions = self.predict(image_bgr)
+        image (read from ``path``, where person boxes of a file are looked up)."""
+        predictions = self.predict(image_bgr, path)
         image_rgb = image_bgr[:, :, ::-1]
         if "reconstruction" in predictions:  # drawn at the network's input, in RGB
             image_rgb = self.predictor.transform(image_rgb)

@@ -4,6 +4,8 @@ evaluator on perfect predictions."""
 
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ from glid.modeling.tasks.pose import (
     rescore,
 )
 from tests.task_harness import TEST_PREFIX
+from tests.utils import REPO_ROOT
 
 NAMES = list(COCO_PERSON_KEYPOINT_NAMES)
 # COCO's mirror pairs: each keypoint's index after a left-right flip.
@@ -382,3 +385,71 @@ def test_evaluator_scores_ground_truth_100_and_applies_oks_nms(synth_root, tmp_p
     assert results["keypoints"]["AP"] == pytest.approx(100.0)
     saved = json.loads((tmp_path / "coco_instances_results.json").read_text())
     assert len(saved) == len(persons)
+
+
+# ---- predictor and demo ----
+
+
+def _saved_tiny_model(task, path, *opts):
+    from detectron2.modeling import build_model
+
+    from tests.task_harness import tiny_task_cfg
+
+    cfg = tiny_task_cfg(task, *opts)
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return cfg
+
+
+def _demo_module():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "demo"))
+    import demo
+
+    return demo
+
+
+def test_predictor_answers_one_person_per_box(synth_root, tmp_path):
+    from glid.engine import GLIDPredictor
+
+    cfg = _saved_tiny_model("pose", tmp_path / "pose.pth")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "pose.pth")
+    predictor = GLIDPredictor(cfg)
+    image = np.zeros((90, 120, 3), np.uint8)
+    out = predictor(image, np.array([[10, 10, 40, 80], [50, 5, 110, 85], [3, 3, 3, 9]]))
+    instances = out["instances"]
+    assert len(instances) == 2 and instances.image_size == (90, 120)  # the empty box skipped
+    assert instances.pred_keypoints.shape == (2, 17, 3)
+    assert predictor(image, np.zeros((0, 4)))["instances"].pred_keypoints.shape == (0, 17, 3)
+    with pytest.raises(ValueError, match="person boxes"):
+        predictor(image)
+
+
+def test_demo_draws_pose_from_a_box_file_and_from_a_detector(synth_root, tmp_path):
+    demo = _demo_module()
+    _saved_tiny_model("pose", tmp_path / "pose.pth")
+    _saved_tiny_model("det", tmp_path / "det.pth")
+    name = f"{TEST_PREFIX}_keypoints_val"
+    image = DatasetCatalog.get(name)[0]["file_name"]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"file_name": image, "category_id": 1, "bbox": [5, 5, 40, 90],
+                                  "score": 0.9}]))  # fmt: skip
+    pose_cfg = os.path.join(REPO_ROOT, "configs", "quickstart", "glid_synth_pose_tiny.yaml")
+    opts = ["--opts", "MODEL.WEIGHTS", str(tmp_path / "pose.pth"), "DATASETS.TEST", f"('{name}',)"]
+    written = demo.main(
+        ["--config-file", pose_cfg, "--input", image, "--output", str(tmp_path / "a"),
+         "--person-boxes", str(boxes), "--confidence-threshold", "0", *opts]
+    )  # fmt: skip
+    assert len(written) == 1 and (tmp_path / "a").is_dir()
+    det_cfg = tmp_path / "det.yaml"
+    det_base = os.path.join(REPO_ROOT, "configs", "quickstart", "glid_synth_det_tiny.yaml")
+    det_test = f'("{TEST_PREFIX}_instances_val",)'
+    det_cfg.write_text(f'_BASE_: "{det_base}"\nDATASETS:\n  TEST: {det_test}\n')
+    written = demo.main(
+        ["--config-file", pose_cfg, "--input", image, "--output", str(tmp_path / "b"),
+         "--detector-config-file", str(det_cfg), "--detector-weights", str(tmp_path / "det.pth"),
+         "--person-class", "circle", "--box-threshold", "0", "--confidence-threshold", "0", *opts]
+    )  # fmt: skip
+    assert len(written) == 1
+    with pytest.raises(ValueError, match="needs person boxes"):
+        demo.main(["--config-file", pose_cfg, "--input", image, "--output", str(tmp_path / "c"),
+                   *opts])  # fmt: skip

@@ -35,6 +35,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from glid.data.image_io import read_image
 from glid.data.top_down import (
     affine_points,
     box_to_center_scale,
@@ -177,8 +178,13 @@ class TopDownPoseDatasetMapper:
                 "image-level dicts become person dicts through the task's dataset_dicts "
                 "(glid.data.task_dataset_dicts)"
             )
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
+        return self.crop_person(image, dataset_dict)
+
+    def crop_person(self, image: np.ndarray, dataset_dict: dict) -> dict:
+        """Fills ``dataset_dict`` (a person dict, modified) from the (H, W, 3) image in
+        ``INPUT.FORMAT`` (module docstring)."""
         keypoints = None
         if self.is_train:
             keypoints = np.asarray(dataset_dict.pop("person_keypoints"), dtype=np.float64)
