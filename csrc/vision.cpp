@@ -49,6 +49,16 @@ TORCH_LIBRARY_IMPL(glid, CPU, m) {
   m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
 }
 
+// Under autocast ms_deform_attn runs in value's low precision with float32 locations / weights
+// (a rule of its own, see ms_deform_attn_autocast.cpp); the fusion op needs none (its wrapper
+// takes any float weights and the inputs' dtype).
+TORCH_LIBRARY_IMPL(glid, AutocastCPU, m) {
+  m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_autocast);
+}
+TORCH_LIBRARY_IMPL(glid, AutocastCUDA, m) {
+  m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_autocast);
+}
+
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(glid, CUDA, m) {
   m.impl("fast_fusion_forward", &fast_fusion_forward_cuda);

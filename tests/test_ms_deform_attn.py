@@ -4,6 +4,7 @@ reference path, torch.compile, autocast and the fvcore flop handle."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -30,6 +31,10 @@ needs_cuda = pytest.mark.skipif(
     not HAS_CUDA, reason="needs a CUDA device and glid._C with CUDA kernels"
 )
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOTH_IMPLS = [
+    pytest.param(ms_deform_attn, id="kernel", marks=needs_c),
+    pytest.param(ms_deform_attn_reference, id="reference"),
+]
 
 
 def make_inputs(
@@ -129,6 +134,86 @@ def test_cpu_lower_precision_matches_reference(n, d, shapes, dtype, tol):
     assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=tol, atol=tol)
 
 
+def wide_map_inputs(value_dtype, device="cpu", seed=0):
+    """A W = 256 level (plus two smaller ones) with float32 locations that bfloat16 cannot hold:
+    near x = 0.9 a bfloat16 step is 1/256, a whole pixel, so quantized locations would move the
+    samples of this random (non-smooth) map by O(1). value and the output gradient are rounded
+    to value_dtype once; the reference reads the same rounded numbers in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(16, 256), (8, 128), (4, 64)]
+    ss = torch.tensor(shapes)
+    sizes = ss.prod(1)
+    lsi = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    n, lq, m, d, p = 1, 300, 2, 8, 4
+    value = torch.randn(n, int(sizes.sum()), m, d, generator=gen).to(value_dtype)
+    loc = 0.8 + 0.2 * torch.rand(n, lq, m, len(shapes), p, 2, generator=gen)
+    attn = torch.rand(n, lq, m, len(shapes), p, generator=gen).softmax(-1)
+    grad = torch.randn(n, lq, m * d, generator=gen).to(value_dtype)
+    assert not torch.equal(loc.to(value_dtype).float(), loc)  # the locations need float32
+    return tuple(t.to(device) for t in (value, loc, attn, grad, ss, lsi))
+
+
+def check_half_value_fp32_locations(fn, value_dtype, device="cpu"):
+    value, loc, attn, grad, ss, lsi = wide_map_inputs(value_dtype, device)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi, grad)
+    assert out.dtype == value_dtype and grads[0].dtype == value_dtype
+    assert grads[1].dtype == torch.float32 and grads[2].dtype == torch.float32
+    out_ref, grads_ref = run_with_grads(
+        ms_deform_attn_reference, value.double(), loc.double(), attn.double(), ss, lsi, grad
+    )
+    # Output and grad_value: their one rounding to value's dtype (a bfloat16 location would err
+    # by ~1 here). Location / weight gradients: float32 throughout, 1e-5 of their scale.
+    half_tol = torch.finfo(value_dtype).eps
+    names = ("output", "grad_value", "grad_loc", "grad_attn")
+    for name, x, y, tol in zip(
+        names, (out, *grads), (out_ref, *grads_ref), (half_tol, half_tol, 1e-5, 1e-5)
+    ):
+        scale = y.abs().max().item()
+        err = (x.double() - y).abs().max().item()
+        assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol:.3g} * {scale:.3g}"
+
+
+@needs_c
+def test_cpu_bfloat16_value_keeps_float32_locations_exact():
+    check_half_value_fp32_locations(ms_deform_attn, torch.bfloat16)
+
+
+def test_reference_half_value_with_float32_locations():
+    # The reference samples in float32 then (CPU float16 has no kernel: this is its path).
+    check_half_value_fp32_locations(ms_deform_attn_reference, torch.float16)
+
+
+@needs_c
+def test_cpu_float16_value_with_float32_locations_runs_the_reference():
+    value, loc, attn, grad, ss, lsi = wide_map_inputs(torch.float16)
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    assert torch.equal(out, ms_deform_attn_reference(value, ss, lsi, loc, attn))
+
+
+@needs_c
+def test_cpu_bfloat16_locations_equal_their_float32_widening():
+    # Same-dtype bfloat16 inputs still work: the op widens the locations exactly.
+    value, loc, attn, grad, ss, lsi = wide_map_inputs(torch.bfloat16)
+    loc, attn = loc.bfloat16(), attn.bfloat16()
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi, grad)
+    out32, grads32 = run_with_grads(ms_deform_attn, value, loc.float(), attn.float(), ss, lsi, grad)
+    assert grads[1].dtype == torch.bfloat16 and grads[2].dtype == torch.bfloat16
+    assert torch.equal(out, out32) and torch.equal(grads[0], grads32[0])
+    assert torch.equal(grads[1], grads32[1].bfloat16())
+    assert torch.equal(grads[2], grads32[2].bfloat16())
+
+
+MANY_LEVELS = [(1 + i % 3, 2 + i % 4) for i in range(20)]  # 20 levels: more than 16
+
+
+@needs_c
+def test_cpu_many_levels():
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, MANY_LEVELS, 2, seed=4)
+    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
 @needs_c
 def test_cpu_backward_with_query_chunks():
     # N * M = 1 < threads: the backward splits the queries over per-chunk grad_value buffers and
@@ -157,15 +242,49 @@ def test_cpu_gradcheck():
     assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@needs_c
-def test_cpu_non_finite_and_far_locations_contribute_zero():
-    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 5, [(3, 4), (2, 2)], 4, seed=3)
+def _with_special_locations(seed: int = 3, device: str = "cpu"):
+    """Inputs whose batch 0 has NaN, +-inf and far (finite) x coordinates on two points of each
+    (query, head, level), and the same with every non-finite coordinate made far (5.0)."""
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 5, [(3, 4), (2, 2)], 4, seed=seed)
     specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 5.0])
-    loc[0, :, :, :, :2, 0] = specials[torch.arange(loc[0, :, :, :, :2, 0].numel()) % 6].view(
-        loc[0, :, :, :, :2, 0].shape
-    )
-    far = torch.where(torch.isfinite(loc), loc, torch.full_like(loc, 5.0))  # 5.0: off the map
-    out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    slot = loc[0, :, :, :, :2, 0]
+    slot.copy_(specials[torch.arange(slot.numel()) % 6].view(slot.shape))
+    loc[1, 2, 1, 0, 3, 1] = float("nan")  # one y coordinate in batch 1
+    far = torch.where(torch.isfinite(loc), loc, torch.full_like(loc, 5.0))
+    return tuple(t.to(device) for t in (value, loc, attn, ss, lsi, far))
+
+
+def check_non_finite_locations_propagate_nan(fn, device="cpu", **kwargs):
+    """The documented behaviour: a point with a non-finite location makes its (n, q, m) output
+    row NaN (every channel) and its own location / weight gradients NaN; everything else equals
+    the float64 reference with those points moved off the map."""
+    value, loc, attn, ss, lsi, far = _with_special_locations(device=device)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi, **kwargs)
+    out_far, grads_far = run_with_grads(ms_deform_attn_reference, value, far, attn, ss, lsi)
+    bad_point = ~torch.isfinite(loc).all(-1)  # (N, Lq, M, L, P)
+    n, lq, m = bad_point.shape[:3]
+    bad_row = bad_point.flatten(3).any(-1)  # (N, Lq, M)
+    assert bad_row.any() and not bad_row.all()
+    out_rows = out.view(n, lq, m, -1)
+    assert out_rows[bad_row].isnan().all()
+    assert torch.isfinite(out_rows[~bad_row]).all()
+    torch.testing.assert_close(out_rows[~bad_row], out_far.view(n, lq, m, -1)[~bad_row])
+    grad_value, grad_loc, grad_attn = grads
+    torch.testing.assert_close(grad_value, grads_far[0])  # untouched by the NaN points
+    assert grad_loc[bad_point].isnan().all() and grad_attn[bad_point].isnan().all()
+    torch.testing.assert_close(grad_loc[~bad_point], grads_far[1][~bad_point])
+    torch.testing.assert_close(grad_attn[~bad_point], grads_far[2][~bad_point])
+
+
+@pytest.mark.parametrize("fn", BOTH_IMPLS)
+def test_non_finite_locations_propagate_nan(fn):
+    check_non_finite_locations_propagate_nan(fn)
+
+
+@needs_c
+def test_cpu_far_locations_contribute_zero():
+    value, loc, attn, ss, lsi, far = _with_special_locations()
+    out, grads = run_with_grads(ms_deform_attn, value, far, attn, ss, lsi)
     out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, far, attn, ss, lsi)
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
     assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
@@ -212,10 +331,6 @@ def test_deterministic_switches():
 # (x * W - 0.5, y * H - 0.5), so (x, y) = ((j + 0.5) / W, (i + 0.5) / H) is the centre of (i, j).
 # Non-square maps, so that a swap of x and y (or of W and H) cannot go unnoticed.
 
-BOTH_IMPLS = [
-    pytest.param(ms_deform_attn, id="kernel", marks=needs_c),
-    pytest.param(ms_deform_attn_reference, id="reference"),
-]
 NON_SQUARE = [(3, 5), (5, 3)]
 
 
@@ -379,6 +494,18 @@ INVALID = [
         "same dtype",
     ),
     (
+        "loc_attn_dtypes_differ",
+        lambda a: a.update(value=a["value"].bfloat16(), attn=a["attn"].bfloat16()),
+        (TypeError, "same dtype"),
+        "same dtype",
+    ),
+    (
+        "half_locations_for_float32_value",
+        lambda a: a.update(loc=a["loc"].bfloat16(), attn=a["attn"].bfloat16()),
+        (TypeError, "float32 for a float16/bfloat16 value"),
+        "float32 for a float16/bfloat16 value",
+    ),
+    (
         "int_value",
         lambda a: a.update(value=a["value"].long()),
         (TypeError, "value must be a floating-point"),
@@ -511,6 +638,11 @@ def test_opcheck():
         torch.ops.glid.ms_deform_attn_backward.default,
         (value.detach(), ss, lsi, loc.detach(), attn.detach(), grad, True),
     )
+    # bfloat16 value, float32 locations and weights
+    value16 = value.detach().bfloat16().requires_grad_()
+    torch.library.opcheck(
+        torch.ops.glid.ms_deform_attn_forward.default, (value16, ss, lsi, loc, attn, False)
+    )
 
 
 class TinyDeformAttn(nn.Module):
@@ -604,13 +736,81 @@ def test_torch_export_keeps_the_op(strict):
 
 
 @needs_c
-def test_autocast_runs_op_in_float32():
+def test_autocast_runs_op_in_value_low_precision():
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32)
+    value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ms_deform_attn(value, ss, lsi, loc.bfloat16(), attn)  # any float dtypes
+    assert out.dtype == torch.bfloat16
+    expected = ms_deform_attn(value.bfloat16(), ss, lsi, loc.bfloat16().float(), attn)
+    assert torch.equal(out, expected)
+    # value is saved once, in bfloat16: no float32 copy of the largest tensor.
+    value_saves = [dtype for shape, dtype in saved if shape == tuple(value.shape)]
+    assert value_saves == [torch.bfloat16]
+    assert (tuple(loc.shape), torch.float32) in saved
+    grads = torch.autograd.grad(out.float().sum(), (value, loc, attn))
+    assert [g.dtype for g in grads] == [torch.float32] * 3
+
+
+@needs_c
+def test_autocast_rule_of_the_op_itself():
+    # A direct call of the C++ op under autocast follows the same rule (its Autocast kernel).
     value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ms_deform_attn(value.bfloat16(), ss, lsi, loc, attn)  # mixed dtypes are fine here
-    assert out.dtype == torch.float32
-    expected = ms_deform_attn(value.bfloat16().float(), ss, lsi, loc, attn)
+        out = torch.ops.glid.ms_deform_attn_forward(value, ss, lsi, loc.bfloat16(), attn, False)
+    assert out.dtype == torch.bfloat16
+    expected = torch.ops.glid.ms_deform_attn_forward(
+        value.bfloat16(), ss, lsi, loc.bfloat16().float(), attn, False
+    )
     assert torch.equal(out, expected)
+    # float64 is left alone; CPU float16 has no kernel, so value runs in float32 there.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out64 = torch.ops.glid.ms_deform_attn_forward(
+            value.double(), ss, lsi, loc.double(), attn.double(), False
+        )
+    assert out64.dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.float16):
+        out_op = torch.ops.glid.ms_deform_attn_forward(value, ss, lsi, loc, attn, False)
+        out_wrapper = ms_deform_attn(value, ss, lsi, loc, attn)
+    assert out_op.dtype == out_wrapper.dtype == torch.float32
+
+
+def test_pixel_decoder_keeps_level_tables_on_host(monkeypatch):
+    # Run on the meta device: whatever the features' device, the op gets host tables (no
+    # host-device sync per call) and the offset normalizer lives with the features.
+    pytest.importorskip("detectron2")
+    from detectron2.layers import ShapeSpec
+
+    from glid.modeling.pixel_decoder import msdeformattn
+
+    seen = []
+
+    def spy(value, ss, lsi, loc, attn):
+        seen.append((ss.device.type, lsi.device.type, ss.tolist(), lsi.tolist(), loc.device.type))
+        n, _, m, d = value.shape
+        return value.new_zeros(n, loc.shape[1], m * d)
+
+    monkeypatch.setattr(msdeformattn, "ms_deform_attn", spy)
+    channels = {"res2": 8, "res3": 8, "res4": 16, "res5": 16}
+    shapes = {
+        k: ShapeSpec(channels=c, stride=2 ** (i + 2)) for i, (k, c) in enumerate(channels.items())
+    }
+    decoder = msdeformattn.MSDeformAttnPixelDecoder(
+        shapes, conv_dim=32, mask_dim=32, num_layers=2, dim_feedforward=64
+    ).to("meta")
+    feats = {
+        k: torch.empty(1, c, 32 // 2**i, 32 // 2**i, device="meta")
+        for i, (k, c) in enumerate(channels.items())
+    }
+    decoder(feats)
+    assert seen == [("cpu", "cpu", [[4, 4], [8, 8], [16, 16]], [0, 16, 80], "meta")] * 2
 
 
 @needs_c
@@ -631,6 +831,115 @@ def test_fvcore_flop_handle():
 # ---------------------------------------------------------------------------------------------
 # CUDA
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_half_value_keeps_float32_locations_exact(dtype, deterministic):
+    fn = functools.partial(ms_deform_attn, deterministic=deterministic)
+    check_half_value_fp32_locations(fn, dtype, device="cuda")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_non_finite_locations_propagate_nan(deterministic):
+    check_non_finite_locations_propagate_nan(ms_deform_attn, "cuda", deterministic=deterministic)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_many_levels(deterministic):
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, MANY_LEVELS, 2, seed=4, device="cuda")
+    out, grads = run_with_grads(
+        ms_deform_attn, value, loc, attn, ss.cpu(), lsi.cpu(), deterministic=deterministic
+    )
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_host_level_tables_make_no_sync(deterministic):
+    # Host spatial_shapes / level_start_index: forward and backward never wait for the device.
+    value, loc, attn, ss, lsi = make_inputs(
+        2, 20, 2, 8, [(6, 5), (3, 3)], 2, dtype=torch.float32, device="cuda"
+    )
+    value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
+    ss, lsi = ss.cpu(), lsi.cpu()
+    grad = torch.randn(2, 20, 16, device="cuda")
+    ms_deform_attn(value, ss, lsi, loc, attn)  # first call: lazy initialisation outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = ms_deform_attn(value, ss, lsi, loc, attn, deterministic=deterministic)
+        torch.autograd.grad(out, (value, loc, attn), grad)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_graph_capture(deterministic):
+    shapes = [(8, 7), (4, 4)]
+    inputs = make_inputs(2, 40, 4, 16, shapes, 4, dtype=torch.float32, device="cuda", seed=1)
+    ss, lsi = inputs[3].cpu(), inputs[4].cpu()
+    static = [t.clone().requires_grad_() for t in inputs[:3]]
+    grad = torch.randn(2, 40, 64, device="cuda")
+
+    def step():
+        out = ms_deform_attn(static[0], ss, lsi, static[1], static[2], deterministic=deterministic)
+        return (out, *torch.autograd.grad(out, static, grad))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as CUDA graphs want
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    fresh = make_inputs(2, 40, 4, 16, shapes, 4, dtype=torch.float32, device="cuda", seed=2)
+    with torch.no_grad():
+        for t, new in zip(static, fresh[:3]):
+            t.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    out, grads = run_with_grads(
+        ms_deform_attn, *fresh[:3], ss, lsi, grad, deterministic=deterministic
+    )
+    for got, want in zip(captured, (out, *grads)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_pixel_decoder_attention_makes_no_sync():
+    pytest.importorskip("detectron2")
+    from glid.modeling.pixel_decoder.msdeformattn import MSDeformAttn, encoder_reference_points
+
+    shapes = [(6, 5), (3, 3)]
+    attn = MSDeformAttn(dim=32, num_levels=2, num_heads=4, num_points=2).cuda()
+    src = torch.randn(2, 39, 32, device="cuda", requires_grad=True)
+    ref = encoder_reference_points(shapes, 2, "cuda")
+    ss = torch.tensor(shapes)
+    lsi = torch.tensor([0, 30])
+    attn(src, ref, src, ss, lsi)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = attn(src, ref, src, ss, lsi)
+        out.float().square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.dtype == torch.bfloat16 and src.grad is not None
 
 
 @pytest.mark.cuda

@@ -2,6 +2,7 @@
 // sampling arithmetic (host and device), so that both back-ends agree on every edge case.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 
 #include <cmath>
@@ -18,6 +19,13 @@ struct Levels {
   int64_t L = 0;
   std::vector<int64_t> H, W, start;
 };
+
+// The dtype the kernels read locations and weights in (and write their gradients in): the
+// accumulation type of `value`, so float32 for a float16/bfloat16 value. Locations given in the
+// value's low precision are widened to it (exactly) before the kernels run.
+inline at::ScalarType location_dtype(at::ScalarType value_dtype) {
+  return at::toOpMathType(value_dtype);
+}
 
 // Validates every input of the forward (grad_output == nullptr) or backward op and returns the
 // level table. Raises c10::Error (RuntimeError in Python) with a message naming the argument; never
@@ -64,10 +72,12 @@ inline Levels check_inputs(const char* fn, const at::Tensor& value,
               ": level_start_index must be int64, got ", level_start_index.scalar_type());
   TORCH_CHECK(at::isFloatingType(value.scalar_type()), fn,
               ": value must be a floating-point tensor, got ", value.scalar_type());
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              fn, ": value, sampling_locations and attention_weights must have the same dtype, "
-              "got ", value.scalar_type(), ", ", sampling_locations.scalar_type(), ", ",
+  TORCH_CHECK(sampling_locations.scalar_type() == attention_weights.scalar_type() &&
+                  (sampling_locations.scalar_type() == value.scalar_type() ||
+                   sampling_locations.scalar_type() == location_dtype(value.scalar_type())),
+              fn, ": sampling_locations and attention_weights must have the same dtype, value's "
+              "or float32 for a float16/bfloat16 value; got value ", value.scalar_type(),
+              ", sampling_locations ", sampling_locations.scalar_type(), ", attention_weights ",
               attention_weights.scalar_type());
 
   TORCH_CHECK(sampling_locations.device() == value.device() &&
@@ -174,15 +184,30 @@ struct Corners {
   acc_t lh, lw;
 };
 
-// Fills `c` for location (x, y) on level (H, W, start); returns false (and leaves `c` unset) when
-// the sample cannot touch the map, i.e. contributes nothing.
+// What a sampling point does: touches the map (kOn), misses it entirely (kOff: contributes zero
+// and gets zero gradients), or has a non-finite pixel coordinate (kNonFinite: NaN or +-inf
+// location, or one that overflows; its output row and its own gradients become NaN, so that a
+// diverging model shows NaN instead of a silently finite result).
+enum class Sample { kOff, kOn, kNonFinite };
+
 template <typename acc_t>
-C10_HOST_DEVICE inline bool make_corners(acc_t x, acc_t y, int64_t H, int64_t W, int64_t start,
-                                         Corners<acc_t>& c) {
+C10_HOST_DEVICE inline bool is_finite(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+// Fills `c` for location (x, y) on level (H, W, start) when the sample touches the map (kOn);
+// otherwise leaves `c` unset.
+template <typename acc_t>
+C10_HOST_DEVICE inline Sample make_corners(acc_t x, acc_t y, int64_t H, int64_t W, int64_t start,
+                                           Corners<acc_t>& c) {
   const acc_t h = pixel_coord(y, H);
   const acc_t w = pixel_coord(x, W);
   if (!in_range(h, w, H, W)) {
-    return false;
+    return is_finite(h) && is_finite(w) ? Sample::kOff : Sample::kNonFinite;
   }
   const acc_t hf = floor_(h), wf = floor_(w);
   const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
@@ -199,7 +224,7 @@ C10_HOST_DEVICE inline bool make_corners(acc_t x, acc_t y, int64_t H, int64_t W,
   c.row[1] = (h0_ok && w1_ok) ? base + 1 : -1;
   c.row[2] = (h1_ok && w0_ok) ? base + W : -1;
   c.row[3] = (h1_ok && w1_ok) ? base + W + 1 : -1;
-  return true;
+  return Sample::kOn;
 }
 
 // Sizes of one call: value (N, S, M, D), sampling locations (N, Lq, M, L, P, 2).

@@ -1,5 +1,7 @@
-// CPU kernels of multi-scale deformable attention (float64, float32, bfloat16; accumulation in
-// float for bfloat16, see at::opmath_type).
+// CPU kernels of multi-scale deformable attention (value float64, float32 or bfloat16;
+// accumulation in at::opmath_type, float for bfloat16). Locations and attention weights (and
+// their gradients) are read and written in their own type loc_t, the accumulation type: float32
+// beside a bfloat16 value, so that low precision never quantizes the locations.
 //
 // Forward: parallel over (batch, query) rows; each output row of D channels is a sum of
 // attention-weighted bilinear samples, gathered as 4 contiguous D-vectors per sampling point.
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -215,22 +218,22 @@ GLID_INLINE void gather_tail(const Tap<scalar_t, acc_t>* taps, int64_t ntaps, in
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 struct Args {
   const scalar_t* value;
-  const scalar_t* loc;
-  const scalar_t* attn;
+  const loc_t* loc;
+  const loc_t* attn;
   const scalar_t* grad_out;  // backward only
   scalar_t* out;             // forward only
-  scalar_t* grad_loc;        // backward only
-  scalar_t* grad_attn;       // backward only
+  loc_t* grad_loc;           // backward only
+  loc_t* grad_attn;          // backward only
   Dims dm;
   const Levels* lv;
 };
 
 // Output rows nq in [begin, end) (nq = n * Lq + q), all heads. `taps` holds >= 4*L*P entries.
-template <typename scalar_t>
-GLID_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64_t end,
+template <typename scalar_t, typename loc_t>
+GLID_INLINE void forward_rows_body(const Args<scalar_t, loc_t>& A, int64_t begin, int64_t end,
                                    Tap<scalar_t, at::opmath_type<scalar_t>>* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = VecOps<scalar_t>::kLanes;
@@ -245,13 +248,16 @@ GLID_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64
       const int64_t pt0 = (nq * dm.M + m) * dm.L * dm.P;
       // Phase 1: the non-zero taps of this (query, head), their rows prefetched.
       int64_t ntaps = 0;
+      bool non_finite = false;
       for (int64_t l = 0; l < dm.L; ++l) {
         for (int64_t p = 0; p < dm.P; ++p) {
           const int64_t i = pt0 + l * dm.P + p;
           Corners<acc_t> c;
-          if (!msda::make_corners(static_cast<acc_t>(A.loc[2 * i]),
-                                  static_cast<acc_t>(A.loc[2 * i + 1]), lv.H[l], lv.W[l],
-                                  lv.start[l], c)) {
+          const msda::Sample sample = msda::make_corners(
+              static_cast<acc_t>(A.loc[2 * i]), static_cast<acc_t>(A.loc[2 * i + 1]), lv.H[l],
+              lv.W[l], lv.start[l], c);
+          if (sample != msda::Sample::kOn) {
+            non_finite = non_finite || sample == msda::Sample::kNonFinite;
             continue;
           }
           const acc_t a = static_cast<acc_t>(A.attn[i]);
@@ -266,6 +272,10 @@ GLID_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64
       }
       // Phase 2: channel blocks accumulated in registers.
       scalar_t* o = A.out + (nq * dm.M + m) * dm.D;
+      if (non_finite) {
+        std::fill(o, o + dm.D, std::numeric_limits<scalar_t>::quiet_NaN());
+        continue;
+      }
       int64_t d = 0;
       for (; d + 4 * K <= dm.D; d += 4 * K) {
         gather_vec<4>(taps, ntaps, d, o);
@@ -278,22 +288,23 @@ GLID_INLINE void forward_rows_body(const Args<scalar_t>& A, int64_t begin, int64
   }
 }
 
-template <typename scalar_t>
-void forward_rows(const Args<scalar_t>& A, int64_t begin, int64_t end,
+template <typename scalar_t, typename loc_t>
+void forward_rows(const Args<scalar_t, loc_t>& A, int64_t begin, int64_t end,
                   Tap<scalar_t, at::opmath_type<scalar_t>>* taps) {
   forward_rows_body(A, begin, end, taps);
 }
 
 #if GLID_HAS_AVX2_PATH
-template <typename scalar_t>
-GLID_TARGET_AVX2 void forward_rows_avx2(const Args<scalar_t>& A, int64_t begin, int64_t end,
+template <typename scalar_t, typename loc_t>
+GLID_TARGET_AVX2 void forward_rows_avx2(const Args<scalar_t, loc_t>& A, int64_t begin,
+                                        int64_t end,
                                         Tap<scalar_t, at::opmath_type<scalar_t>>* taps) {
   forward_rows_body(A, begin, end, taps);
 }
 #endif
 
-template <typename scalar_t>
-void forward_impl(const Args<scalar_t>& A) {
+template <typename scalar_t, typename loc_t>
+void forward_impl(const Args<scalar_t, loc_t>& A) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& dm = A.dm;
   const int64_t work_per_row = std::max<int64_t>(1, dm.M * dm.L * dm.P * (dm.D + 16));
@@ -353,19 +364,20 @@ struct BackwardScratch {
   std::vector<scalar_t> zeros;   // a zero value row (missing corners), D
   std::vector<acc_t> sink;       // 4 dummy grad rows (missing corners), 4 * D
   std::vector<Corners<acc_t>> corners;  // L * P
-  std::vector<char> valid;              // L * P
+  std::vector<msda::Sample> samples;    // L * P
   explicit BackwardScratch(const Dims& dm)
       : g(dm.D),
         zeros(dm.D, scalar_t(0)),
         sink(4 * dm.D),
         corners(dm.L * dm.P),
-        valid(dm.L * dm.P) {}
+        samples(dm.L * dm.P) {}
 };
 
 // Batch n, head m, queries [q_begin, q_end). gv_nm points at grad_value[n, 0, m, 0] of an
 // accumulation buffer (row stride M*D) whose rows of this (n, m) no other task touches.
-template <typename scalar_t>
-GLID_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<scalar_t>* gv_nm,
+template <typename scalar_t, typename loc_t>
+GLID_INLINE void backward_task_body(const Args<scalar_t, loc_t>& A,
+                                    at::opmath_type<scalar_t>* gv_nm,
                                     int64_t n, int64_t m, int64_t q_begin, int64_t q_end,
                                     BackwardScratch<scalar_t, at::opmath_type<scalar_t>>& sc) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -385,22 +397,22 @@ GLID_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<sca
     constexpr int64_t kAhead = 2;
     if (q + kAhead < q_end) {
       const int64_t ahead = nqm + kAhead * dm.M;
-      prefetch_row(A.loc + 2 * ahead * LP, 2 * LP * static_cast<int64_t>(sizeof(scalar_t)), false);
-      prefetch_row(A.attn + ahead * LP, LP * static_cast<int64_t>(sizeof(scalar_t)), false);
+      constexpr int64_t loc_bytes = sizeof(loc_t);
+      prefetch_row(A.loc + 2 * ahead * LP, 2 * LP * loc_bytes, false);
+      prefetch_row(A.attn + ahead * LP, LP * loc_bytes, false);
       prefetch_row(A.grad_out + ahead * D, v_bytes, false);
-      prefetch_row(A.grad_loc + 2 * ahead * LP, 2 * LP * static_cast<int64_t>(sizeof(scalar_t)),
-                   true);
-      prefetch_row(A.grad_attn + ahead * LP, LP * static_cast<int64_t>(sizeof(scalar_t)), true);
+      prefetch_row(A.grad_loc + 2 * ahead * LP, 2 * LP * loc_bytes, true);
+      prefetch_row(A.grad_attn + ahead * LP, LP * loc_bytes, true);
     }
     // Phase 1: corners of every point of this (query, head); rows prefetched.
     for (int64_t l = 0; l < dm.L; ++l) {
       for (int64_t p = 0; p < dm.P; ++p) {
         const int64_t lp = l * dm.P + p, i = pt0 + lp;
         Corners<acc_t>& c = sc.corners[lp];
-        sc.valid[lp] = msda::make_corners(static_cast<acc_t>(A.loc[2 * i]),
-                                          static_cast<acc_t>(A.loc[2 * i + 1]), lv.H[l],
-                                          lv.W[l], lv.start[l], c);
-        if (sc.valid[lp]) {
+        sc.samples[lp] = msda::make_corners(static_cast<acc_t>(A.loc[2 * i]),
+                                            static_cast<acc_t>(A.loc[2 * i + 1]), lv.H[l],
+                                            lv.W[l], lv.start[l], c);
+        if (sc.samples[lp] == msda::Sample::kOn) {
           for (int k = 0; k < 4; ++k) {
             if (c.row[k] >= 0) {
               prefetch_row(value_nm + c.row[k] * MD, v_bytes, false);
@@ -418,10 +430,13 @@ GLID_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<sca
     for (int64_t l = 0; l < dm.L; ++l) {
       for (int64_t p = 0; p < dm.P; ++p) {
         const int64_t lp = l * dm.P + p, i = pt0 + lp;
-        if (!sc.valid[lp]) {
-          A.grad_attn[i] = scalar_t(0);
-          A.grad_loc[2 * i] = scalar_t(0);
-          A.grad_loc[2 * i + 1] = scalar_t(0);
+        if (sc.samples[lp] != msda::Sample::kOn) {
+          const loc_t fill = sc.samples[lp] == msda::Sample::kOff
+                                 ? loc_t(0)
+                                 : std::numeric_limits<loc_t>::quiet_NaN();
+          A.grad_attn[i] = fill;
+          A.grad_loc[2 * i] = fill;
+          A.grad_loc[2 * i + 1] = fill;
           continue;
         }
         const Corners<acc_t>& c = sc.corners[lp];
@@ -439,27 +454,27 @@ GLID_INLINE void backward_task_body(const Args<scalar_t>& A, at::opmath_type<sca
         point_backward(sc.g.data(), v, dst, cw, D, gv);
         const acc_t hh = acc_t(1) - c.lh, hw = acc_t(1) - c.lw;
         A.grad_attn[i] =
-            static_cast<scalar_t>(c.w[0] * gv[0] + c.w[1] * gv[1] + c.w[2] * gv[2] + c.w[3] * gv[3]);
+            static_cast<loc_t>(c.w[0] * gv[0] + c.w[1] * gv[1] + c.w[2] * gv[2] + c.w[3] * gv[3]);
         // d(sample)/d(pixel h), d(sample)/d(pixel w); pixel = loc * size - 0.5.
         const acc_t d_h = hw * (gv[2] - gv[0]) + c.lw * (gv[3] - gv[1]);
         const acc_t d_w = hh * (gv[1] - gv[0]) + c.lh * (gv[3] - gv[2]);
-        A.grad_loc[2 * i] = static_cast<scalar_t>(a * d_w * static_cast<acc_t>(lv.W[l]));
-        A.grad_loc[2 * i + 1] = static_cast<scalar_t>(a * d_h * static_cast<acc_t>(lv.H[l]));
+        A.grad_loc[2 * i] = static_cast<loc_t>(a * d_w * static_cast<acc_t>(lv.W[l]));
+        A.grad_loc[2 * i + 1] = static_cast<loc_t>(a * d_h * static_cast<acc_t>(lv.H[l]));
       }
     }
   }
 }
 
-template <typename scalar_t>
-void backward_task(const Args<scalar_t>& A, at::opmath_type<scalar_t>* gv_nm, int64_t n,
+template <typename scalar_t, typename loc_t>
+void backward_task(const Args<scalar_t, loc_t>& A, at::opmath_type<scalar_t>* gv_nm, int64_t n,
                    int64_t m, int64_t q_begin, int64_t q_end,
                    BackwardScratch<scalar_t, at::opmath_type<scalar_t>>& sc) {
   backward_task_body(A, gv_nm, n, m, q_begin, q_end, sc);
 }
 
 #if GLID_HAS_AVX2_PATH
-template <typename scalar_t>
-GLID_TARGET_AVX2 void backward_task_avx2(const Args<scalar_t>& A,
+template <typename scalar_t, typename loc_t>
+GLID_TARGET_AVX2 void backward_task_avx2(const Args<scalar_t, loc_t>& A,
                                          at::opmath_type<scalar_t>* gv_nm, int64_t n, int64_t m,
                                          int64_t q_begin, int64_t q_end,
                                          BackwardScratch<scalar_t, at::opmath_type<scalar_t>>& sc) {
@@ -467,8 +482,8 @@ GLID_TARGET_AVX2 void backward_task_avx2(const Args<scalar_t>& A,
 }
 #endif
 
-template <typename scalar_t>
-void backward_impl(const Args<scalar_t>& A, at::Tensor& grad_value) {
+template <typename scalar_t, typename loc_t>
+void backward_impl(const Args<scalar_t, loc_t>& A, at::Tensor& grad_value) {
   using acc_t = at::opmath_type<scalar_t>;
   const Dims& dm = A.dm;
   const int64_t NM = dm.N * dm.M;
@@ -547,17 +562,22 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   if (out.numel() == 0) {
     return out;
   }
+  // Locations / weights in the accumulation type (a no-op unless they came in bfloat16).
+  const auto loc_dtype = msda::location_dtype(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(loc_dtype);
+  const at::Tensor attn = attention_weights.to(loc_dtype);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, value.scalar_type(), fn, [&] {
-    Args<scalar_t> A{value.data_ptr<scalar_t>(),
-                     sampling_locations.data_ptr<scalar_t>(),
-                     attention_weights.data_ptr<scalar_t>(),
-                     nullptr,
-                     out.data_ptr<scalar_t>(),
-                     nullptr,
-                     nullptr,
-                     dm,
-                     &lv};
-    forward_impl<scalar_t>(A);
+    using loc_t = at::opmath_type<scalar_t>;
+    Args<scalar_t, loc_t> A{value.data_ptr<scalar_t>(),
+                            loc.data_ptr<loc_t>(),
+                            attn.data_ptr<loc_t>(),
+                            nullptr,
+                            out.data_ptr<scalar_t>(),
+                            nullptr,
+                            nullptr,
+                            dm,
+                            &lv};
+    forward_impl(A);
   });
   return out;
 }
@@ -572,25 +592,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   check_cpu(fn, value);
   const Dims dm = dims_of(value, sampling_locations);
   at::Tensor grad_value = at::empty_like(value);
-  at::Tensor grad_loc = at::empty_like(sampling_locations);
-  at::Tensor grad_attn = at::empty_like(attention_weights);
-  if (grad_attn.numel() == 0) {  // no sampling points: nothing flows back
+  if (attention_weights.numel() == 0) {  // no sampling points: nothing flows back
     grad_value.zero_();
-    return {grad_value, grad_loc, grad_attn};
+    return {grad_value, at::empty_like(sampling_locations), at::empty_like(attention_weights)};
   }
+  const auto loc_dtype = msda::location_dtype(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(loc_dtype);
+  const at::Tensor attn = attention_weights.to(loc_dtype);
+  at::Tensor grad_loc = at::empty_like(loc);
+  at::Tensor grad_attn = at::empty_like(attn);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, value.scalar_type(), fn, [&] {
-    Args<scalar_t> A{value.data_ptr<scalar_t>(),
-                     sampling_locations.data_ptr<scalar_t>(),
-                     attention_weights.data_ptr<scalar_t>(),
-                     grad_output.data_ptr<scalar_t>(),
-                     nullptr,
-                     grad_loc.data_ptr<scalar_t>(),
-                     grad_attn.data_ptr<scalar_t>(),
-                     dm,
-                     &lv};
-    backward_impl<scalar_t>(A, grad_value);
+    using loc_t = at::opmath_type<scalar_t>;
+    Args<scalar_t, loc_t> A{value.data_ptr<scalar_t>(),
+                            loc.data_ptr<loc_t>(),
+                            attn.data_ptr<loc_t>(),
+                            grad_output.data_ptr<scalar_t>(),
+                            nullptr,
+                            grad_loc.data_ptr<loc_t>(),
+                            grad_attn.data_ptr<loc_t>(),
+                            dm,
+                            &lv};
+    backward_impl(A, grad_value);
   });
-  return {grad_value, grad_loc, grad_attn};
+  // Gradients in the dtype the locations / weights came in.
+  return {grad_value, grad_loc.to(sampling_locations.scalar_type()),
+          grad_attn.to(attention_weights.scalar_type())};
 }
 
 }  // namespace glid

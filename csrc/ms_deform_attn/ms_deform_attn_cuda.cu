@@ -1,6 +1,8 @@
-// CUDA kernels of multi-scale deformable attention: float16, bfloat16, float32, float64, with
-// float accumulation (double for float64), 64-bit indexing, any batch size and any number of
-// channels per head.
+// CUDA kernels of multi-scale deformable attention: value float16, bfloat16, float32, float64,
+// with float accumulation (double for float64), 64-bit indexing, any batch size, any number of
+// channels per head and any number of levels. Locations and attention weights (and their
+// gradients) are of type loc_t, the accumulation type: float32 beside a float16 / bfloat16 value,
+// so low precision never quantizes a location.
 //
 // Thread mapping. A "group" of G lanes (G = next power of two >= D, at most 32; groups never
 // straddle a warp) handles one (batch, query, head) triple and strides over its D channels, so the
@@ -16,8 +18,9 @@
 //     (in a grid padded by one row/column so corners at -1 have a cell), stably sorted, and one
 //     group per value cell gathers the contributions of the samples whose 4 corners cover it, in
 //     sorted order. Bitwise reproducible run to run; costs O(samples) extra memory and a sort.
-// Level shapes travel as kernel arguments (at most kMaxLevels levels), so the kernels read no
-// device-side shape tensor.
+// Level shapes travel as kernel arguments (up to kMaxLevels levels), read on the host from
+// spatial_shapes (no device sync when it lives on the CPU) and so fixed inside a CUDA graph. More
+// levels go in a small device table, copied from pinned memory without a sync.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -28,6 +31,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "ms_deform_attn/ms_deform_attn.h"
@@ -43,10 +47,20 @@ constexpr int kThreads = 256;  // a multiple of 32: groups (<= 32 lanes) stay in
 constexpr int64_t kNoKey = INT64_MAX;  // sort key of samples that touch no cell
 
 struct LevelTable {
-  int64_t H[kMaxLevels];
-  int64_t W[kMaxLevels];
-  int64_t start[kMaxLevels];      // level start along S
-  int64_t pad_start[kMaxLevels];  // level start in the (H+1) x (W+1) padded cell grid
+  // Per level l: H, W, the level start along S, and its start in the (H+1) x (W+1) padded cell
+  // grid (deterministic backward). In `inline_` (entry k * kMaxLevels + l) when L <= kMaxLevels,
+  // else in the device table `device` (entry k * L + l).
+  int64_t L;
+  const int64_t* device;
+  int64_t inline_[4 * kMaxLevels];
+
+  __device__ __forceinline__ int64_t get(int k, int64_t l) const {
+    return device != nullptr ? device[k * L + l] : inline_[k * kMaxLevels + l];
+  }
+  __device__ __forceinline__ int64_t H(int64_t l) const { return get(0, l); }
+  __device__ __forceinline__ int64_t W(int64_t l) const { return get(1, l); }
+  __device__ __forceinline__ int64_t start(int64_t l) const { return get(2, l); }
+  __device__ __forceinline__ int64_t pad_start(int64_t l) const { return get(3, l); }
 };
 
 using msda::Dims;
@@ -71,10 +85,10 @@ __device__ __forceinline__ T group_sum(T v, int G, unsigned mask) {
 
 // ---- forward ----------------------------------------------------------------------------------
 
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 __global__ void __launch_bounds__(kThreads)
-    msda_forward_kernel(const scalar_t* __restrict__ value, const scalar_t* __restrict__ loc,
-                        const scalar_t* __restrict__ attn, scalar_t* __restrict__ out,
+    msda_forward_kernel(const scalar_t* __restrict__ value, const loc_t* __restrict__ loc,
+                        const loc_t* __restrict__ attn, scalar_t* __restrict__ out,
                         const Dims dm, const LevelTable lt, const int G) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
@@ -90,12 +104,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t d = lane; d < dm.D; d += G) {
       acc_t acc = acc_t(0);
       for (int64_t l = 0; l < dm.L; ++l) {
-        const int64_t H = lt.H[l], W = lt.W[l], start = lt.start[l];
+        const int64_t H = lt.H(l), W = lt.W(l), start = lt.start(l);
         for (int64_t p = 0; p < dm.P; ++p) {
           const int64_t i = pt0 + l * dm.P + p;
           Corners<acc_t> c;
-          if (!msda::make_corners(static_cast<acc_t>(loc[2 * i]),
-                                  static_cast<acc_t>(loc[2 * i + 1]), H, W, start, c)) {
+          const msda::Sample sample = msda::make_corners(
+              static_cast<acc_t>(loc[2 * i]), static_cast<acc_t>(loc[2 * i + 1]), H, W, start, c);
+          if (sample != msda::Sample::kOn) {
+            if (sample == msda::Sample::kNonFinite) {
+              acc = std::numeric_limits<acc_t>::quiet_NaN();  // stays NaN whatever follows
+            }
             continue;
           }
           const acc_t a = static_cast<acc_t>(attn[i]);
@@ -116,12 +134,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // grad_loc, grad_attn, and (kAtomicGradValue) grad_value accumulated atomically into
 // grad_value_acc (float, or double for float64; laid out like value).
-template <typename scalar_t, bool kAtomicGradValue>
+template <typename scalar_t, typename loc_t, bool kAtomicGradValue>
 __global__ void __launch_bounds__(kThreads)
-    msda_backward_kernel(const scalar_t* __restrict__ value, const scalar_t* __restrict__ loc,
-                         const scalar_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
+    msda_backward_kernel(const scalar_t* __restrict__ value, const loc_t* __restrict__ loc,
+                         const loc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
                          at::opmath_type<scalar_t>* __restrict__ grad_value_acc,
-                         scalar_t* __restrict__ grad_loc, scalar_t* __restrict__ grad_attn,
+                         loc_t* __restrict__ grad_loc, loc_t* __restrict__ grad_attn,
                          const Dims dm, const LevelTable lt, const int G) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
@@ -139,16 +157,15 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* go = grad_out + grp * dm.D;
     const int64_t pt0 = grp * dm.L * dm.P;
     for (int64_t l = 0; l < dm.L; ++l) {
-      const int64_t H = lt.H[l], W = lt.W[l], start = lt.start[l];
+      const int64_t H = lt.H(l), W = lt.W(l), start = lt.start(l);
       for (int64_t p = 0; p < dm.P; ++p) {
         const int64_t i = pt0 + l * dm.P + p;
         const acc_t a = static_cast<acc_t>(attn[i]);
         Corners<acc_t> c;
-        const bool touches = msda::make_corners(static_cast<acc_t>(loc[2 * i]),
-                                                static_cast<acc_t>(loc[2 * i + 1]), H, W, start,
-                                                c);
+        const msda::Sample sample = msda::make_corners(
+            static_cast<acc_t>(loc[2 * i]), static_cast<acc_t>(loc[2 * i + 1]), H, W, start, c);
         acc_t s_attn = acc_t(0), s_h = acc_t(0), s_w = acc_t(0);
-        if (touches) {
+        if (sample == msda::Sample::kOn) {
           const acc_t hh = acc_t(1) - c.lh, hw = acc_t(1) - c.lw;
           for (int64_t d = lane; d < dm.D; d += G) {
             const acc_t g = static_cast<acc_t>(go[d]);
@@ -176,10 +193,17 @@ __global__ void __launch_bounds__(kThreads)
         s_h = group_sum(s_h, G, mask);
         s_w = group_sum(s_w, G, mask);
         if (lane == 0) {
-          grad_attn[i] = static_cast<scalar_t>(s_attn);
-          // pixel = loc * size - 0.5
-          grad_loc[2 * i] = static_cast<scalar_t>(a * s_w * static_cast<acc_t>(W));
-          grad_loc[2 * i + 1] = static_cast<scalar_t>(a * s_h * static_cast<acc_t>(H));
+          if (sample == msda::Sample::kNonFinite) {
+            const loc_t nan = std::numeric_limits<loc_t>::quiet_NaN();
+            grad_attn[i] = nan;
+            grad_loc[2 * i] = nan;
+            grad_loc[2 * i + 1] = nan;
+          } else {  // zero sums for a sample off the map
+            grad_attn[i] = static_cast<loc_t>(s_attn);
+            // pixel = loc * size - 0.5
+            grad_loc[2 * i] = static_cast<loc_t>(a * s_w * static_cast<acc_t>(W));
+            grad_loc[2 * i + 1] = static_cast<loc_t>(a * s_h * static_cast<acc_t>(H));
+          }
         }
       }
     }
@@ -188,11 +212,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // Deterministic grad_value, step 1: the sort key of each sample = its top-left corner's cell in
 // the padded grid of its (batch, head, level), or kNoKey when it touches no cell.
-template <typename scalar_t>
+template <typename loc_t>
 __global__ void __launch_bounds__(kThreads)
-    msda_sample_keys_kernel(const scalar_t* __restrict__ loc, int64_t* __restrict__ keys,
+    msda_sample_keys_kernel(const loc_t* __restrict__ loc, int64_t* __restrict__ keys,
                             const Dims dm, const LevelTable lt, const int64_t SP) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = loc_t;
   const int64_t E = dm.N * dm.Lq * dm.M * dm.L * dm.P;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < E;
@@ -200,14 +224,14 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t l = (i / dm.P) % dm.L;
     const int64_t m = (i / (dm.P * dm.L)) % dm.M;
     const int64_t n = i / (dm.P * dm.L * dm.M * dm.Lq);
-    const int64_t H = lt.H[l], W = lt.W[l];
+    const int64_t H = lt.H(l), W = lt.W(l);
     const acc_t h = msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), H);
     const acc_t w = msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), W);
     int64_t key = kNoKey;
     if (msda::in_range(h, w, H, W)) {  // floor(h) in [-1, H-1], floor(w) in [-1, W-1]
       const int64_t h0 = static_cast<int64_t>(msda::floor_(h));
       const int64_t w0 = static_cast<int64_t>(msda::floor_(w));
-      key = (n * dm.M + m) * SP + lt.pad_start[l] + (h0 + 1) * (W + 1) + (w0 + 1);
+      key = (n * dm.M + m) * SP + lt.pad_start(l) + (h0 + 1) * (W + 1) + (w0 + 1);
     }
     keys[i] = key;
   }
@@ -217,11 +241,11 @@ __global__ void __launch_bounds__(kThreads)
 // value cell (h, w), of the samples at sorted positions [lo, hi): those whose top-left corner is
 // (h - DH, w - DW), so that the cell is their corner (DH, DW). The bilinear weight is recomputed
 // from the location exactly as the other kernels compute it.
-template <int DH, int DW, typename scalar_t, typename acc_t>
+template <int DH, int DW, typename scalar_t, typename loc_t, typename acc_t>
 __device__ __forceinline__ acc_t gather_corner(acc_t acc, int64_t lo, int64_t hi,
                                                const int64_t* __restrict__ order,
-                                               const scalar_t* __restrict__ loc,
-                                               const scalar_t* __restrict__ attn,
+                                               const loc_t* __restrict__ loc,
+                                               const loc_t* __restrict__ attn,
                                                const scalar_t* __restrict__ grad_out_nm,
                                                const Dims& dm, int64_t H, int64_t W, int64_t h,
                                                int64_t w, int64_t d) {
@@ -244,10 +268,10 @@ __device__ __forceinline__ acc_t gather_corner(acc_t acc, int64_t lo, int64_t hi
 // Deterministic grad_value, step 2: one group per value cell (n, s, m). The samples covering the
 // cell (h, w) have their top-left corner at (h - dh, w - dw), dh, dw in {0, 1}; cell_start[key]
 // is the first position of `key` in the sorted keys, order[] the sample behind each position.
-template <typename scalar_t>
+template <typename scalar_t, typename loc_t>
 __global__ void __launch_bounds__(kThreads)
-    msda_grad_value_gather_kernel(const scalar_t* __restrict__ loc,
-                                  const scalar_t* __restrict__ attn,
+    msda_grad_value_gather_kernel(const loc_t* __restrict__ loc,
+                                  const loc_t* __restrict__ attn,
                                   const scalar_t* __restrict__ grad_out,
                                   const int64_t* __restrict__ cell_start,
                                   const int64_t* __restrict__ order,
@@ -263,13 +287,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t s = (cell / dm.M) % dm.S;
     const int64_t n = cell / (dm.M * dm.S);
     int64_t l = 0;
-    while (l + 1 < dm.L && s >= lt.start[l + 1]) {
+    while (l + 1 < dm.L && s >= lt.start(l + 1)) {
       ++l;
     }
-    const int64_t H = lt.H[l], W = lt.W[l];
-    const int64_t h = (s - lt.start[l]) / W, w = (s - lt.start[l]) % W;
+    const int64_t H = lt.H(l), W = lt.W(l);
+    const int64_t h = (s - lt.start(l)) / W, w = (s - lt.start(l)) % W;
     // Key of top-left corner (h - dh, w - dw) = key00 - dh * (W + 1) - dw.
-    const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start[l] + (h + 1) * (W + 1) + (w + 1);
+    const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start(l) + (h + 1) * (W + 1) + (w + 1);
     const int64_t key10 = key00 - (W + 1);
     const int64_t lo00 = cell_start[key00], hi00 = cell_start[key00 + 1];
     const int64_t lo01 = cell_start[key00 - 1], hi01 = lo00;  // keys key00 - 1 and key00 adjoin
@@ -290,19 +314,34 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side --------------------------------------------------------------------------------
 
-LevelTable make_level_table(const char* fn, const msda::Levels& lv, int64_t* padded_size) {
-  TORCH_CHECK(lv.L <= kMaxLevels, fn, ": the CUDA kernel supports at most ", kMaxLevels,
-              " levels, got ", lv.L);
+// The level table of one call. Up to kMaxLevels levels it lives in the kernel arguments; more go
+// to `*storage`, a device copy (from pinned memory, asynchronous) that must outlive the launches.
+LevelTable make_level_table(const msda::Levels& lv, const at::Device& device,
+                            int64_t* padded_size, at::Tensor* storage) {
   LevelTable t{};
+  t.L = lv.L;
+  const bool inline_table = lv.L <= kMaxLevels;
+  at::Tensor host;
+  int64_t* entries = t.inline_;
+  int64_t stride = kMaxLevels;
+  if (!inline_table) {
+    host = at::empty({4 * lv.L}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    entries = host.data_ptr<int64_t>();
+    stride = lv.L;
+  }
   int64_t sp = 0;
   for (int64_t l = 0; l < lv.L; ++l) {
-    t.H[l] = lv.H[l];
-    t.W[l] = lv.W[l];
-    t.start[l] = lv.start[l];
-    t.pad_start[l] = sp;
+    entries[0 * stride + l] = lv.H[l];
+    entries[1 * stride + l] = lv.W[l];
+    entries[2 * stride + l] = lv.start[l];
+    entries[3 * stride + l] = sp;
     sp += (lv.H[l] + 1) * (lv.W[l] + 1);
   }
   *padded_size = sp;
+  if (!inline_table) {
+    *storage = host.to(device, /*non_blocking=*/true);
+    t.device = storage->data_ptr<int64_t>();
+  }
   return t;
 }
 
@@ -336,20 +375,27 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
   const msda::Levels lv = msda::check_inputs(fn, value, spatial_shapes, level_start_index,
                                              sampling_locations, attention_weights, nullptr);
   check_cuda(fn, value);
-  int64_t padded_size = 0;
-  const LevelTable lt = make_level_table(fn, lv, &padded_size);
   const c10::cuda::CUDAGuard device_guard(value.device());
   const Dims dm = dims_of(value, sampling_locations);
   at::Tensor out = at::empty({dm.N, dm.Lq, dm.M * dm.D}, value.options());
   if (out.numel() == 0) {
     return out;
   }
+  int64_t padded_size = 0;
+  at::Tensor table_storage;
+  const LevelTable lt = make_level_table(lv, value.device(), &padded_size, &table_storage);
+  // Locations / weights in the accumulation type (a no-op unless they came in half precision).
+  const auto loc_dtype = msda::location_dtype(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(loc_dtype);
+  const at::Tensor attn = attention_weights.to(loc_dtype);
   const int G = group_size(dm.D);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), fn, [&] {
-    msda_forward_kernel<scalar_t><<<grid_size(dm.N * dm.Lq * dm.M * G), kThreads, 0, stream>>>(
-        value.data_ptr<scalar_t>(), sampling_locations.data_ptr<scalar_t>(),
-        attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), dm, lt, G);
+    using loc_t = at::opmath_type<scalar_t>;
+    msda_forward_kernel<scalar_t, loc_t>
+        <<<grid_size(dm.N * dm.Lq * dm.M * G), kThreads, 0, stream>>>(
+            value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
+            out.data_ptr<scalar_t>(), dm, lt, G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -363,49 +409,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const msda::Levels lv = msda::check_inputs(fn, value, spatial_shapes, level_start_index,
                                              sampling_locations, attention_weights, &grad_output);
   check_cuda(fn, value);
-  int64_t padded_size = 0;
-  const LevelTable lt = make_level_table(fn, lv, &padded_size);
   const c10::cuda::CUDAGuard device_guard(value.device());
   const Dims dm = dims_of(value, sampling_locations);
-  at::Tensor grad_loc = at::empty_like(sampling_locations);
-  at::Tensor grad_attn = at::empty_like(attention_weights);
   const int64_t num_samples = attention_weights.numel();
   if (num_samples == 0) {  // no sampling points: nothing flows back
-    return {at::zeros_like(value), grad_loc, grad_attn};
+    return {at::zeros_like(value), at::empty_like(sampling_locations),
+            at::empty_like(attention_weights)};
   }
+  int64_t padded_size = 0;
+  at::Tensor table_storage;
+  const LevelTable lt = make_level_table(lv, value.device(), &padded_size, &table_storage);
+  const auto loc_dtype = msda::location_dtype(value.scalar_type());
+  const at::Tensor loc = sampling_locations.to(loc_dtype);
+  const at::Tensor attn = attention_weights.to(loc_dtype);
+  at::Tensor grad_loc = at::empty_like(loc);
+  at::Tensor grad_attn = at::empty_like(attn);
   const int G = group_size(dm.D);
   const int64_t backward_threads = dm.N * dm.Lq * dm.M * G;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor grad_value;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), fn, [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using loc_t = acc_t;
     if (!deterministic) {
       constexpr bool kSameType = std::is_same_v<scalar_t, acc_t>;
       at::Tensor grad_value_acc =
           kSameType ? at::zeros_like(value)
                     : at::zeros(value.sizes(),
                                 value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      msda_backward_kernel<scalar_t, true><<<grid_size(backward_threads), kThreads, 0, stream>>>(
-          value.data_ptr<scalar_t>(), sampling_locations.data_ptr<scalar_t>(),
-          attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
-          grad_value_acc.data_ptr<acc_t>(), grad_loc.data_ptr<scalar_t>(),
-          grad_attn.data_ptr<scalar_t>(), dm, lt, G);
+      msda_backward_kernel<scalar_t, loc_t, true>
+          <<<grid_size(backward_threads), kThreads, 0, stream>>>(
+              value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
+              grad_output.data_ptr<scalar_t>(), grad_value_acc.data_ptr<acc_t>(),
+              grad_loc.data_ptr<loc_t>(), grad_attn.data_ptr<loc_t>(), dm, lt, G);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       grad_value = kSameType ? grad_value_acc : grad_value_acc.to(value.scalar_type());
       return;
     }
-    msda_backward_kernel<scalar_t, false><<<grid_size(backward_threads), kThreads, 0, stream>>>(
-        value.data_ptr<scalar_t>(), sampling_locations.data_ptr<scalar_t>(),
-        attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(), nullptr,
-        grad_loc.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), dm, lt, G);
+    msda_backward_kernel<scalar_t, loc_t, false>
+        <<<grid_size(backward_threads), kThreads, 0, stream>>>(
+            value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
+            grad_output.data_ptr<scalar_t>(), nullptr, grad_loc.data_ptr<loc_t>(),
+            grad_attn.data_ptr<loc_t>(), dm, lt, G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     grad_value = at::empty_like(value);
     if (value.numel() == 0) {
       return;
     }
     at::Tensor keys = at::empty({num_samples}, value.options().dtype(at::kLong));
-    msda_sample_keys_kernel<scalar_t><<<grid_size(num_samples), kThreads, 0, stream>>>(
-        sampling_locations.data_ptr<scalar_t>(), keys.data_ptr<int64_t>(), dm, lt, padded_size);
+    msda_sample_keys_kernel<loc_t><<<grid_size(num_samples), kThreads, 0, stream>>>(
+        loc.data_ptr<loc_t>(), keys.data_ptr<int64_t>(), dm, lt, padded_size);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // Stable radix sort: equal keys keep the sample order, so the gather order is fixed.
     const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -414,14 +467,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const int64_t num_keys = dm.N * dm.M * padded_size;
     const at::Tensor cell_start =
         at::searchsorted(sorted_keys, at::arange(num_keys + 1, keys.options()));
-    msda_grad_value_gather_kernel<scalar_t>
+    msda_grad_value_gather_kernel<scalar_t, loc_t>
         <<<grid_size(dm.N * dm.S * dm.M * G), kThreads, 0, stream>>>(
-            sampling_locations.data_ptr<scalar_t>(), attention_weights.data_ptr<scalar_t>(),
-            grad_output.data_ptr<scalar_t>(), cell_start.data_ptr<int64_t>(),
-            order.data_ptr<int64_t>(), grad_value.data_ptr<scalar_t>(), dm, lt, padded_size, G);
+            loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(), grad_output.data_ptr<scalar_t>(),
+            cell_start.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
+            grad_value.data_ptr<scalar_t>(), dm, lt, padded_size, G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_value, grad_loc, grad_attn};
+  // Gradients in the dtype the locations / weights came in.
+  return {grad_value, grad_loc.to(sampling_locations.scalar_type()),
+          grad_attn.to(attention_weights.scalar_type())};
 }
 
 }  // namespace glid

@@ -10,15 +10,26 @@ Shapes (``S = sum_l H_l * W_l``)::
     output              (N, Lq, M * D)
 
 Each sample is bilinear with ``align_corners=False`` and zero padding, i.e. exactly
-``grid_sample(v, 2 * loc - 1, align_corners=False, padding_mode="zeros")``. Locations may lie
-anywhere: in the kernels a sample that touches no pixel of its map (far outside, inf or NaN)
-contributes zero and gets a zero gradient. All index arithmetic is 64-bit; any batch size and
-any number of channels per head work.
+``grid_sample(v, 2 * loc - 1, align_corners=False, padding_mode="zeros")``. A finite location
+may lie anywhere: a sample that touches no pixel of its map contributes zero and gets a zero
+gradient. A non-finite location (NaN or +-inf) propagates NaN, in the kernels and the reference
+alike: the output row of its (batch, query, head) is NaN in every channel, and the gradients of
+that point's location (both coordinates) and attention weight are NaN; ``grad_value`` is not
+touched by it. So a diverging model shows NaN rather than a quietly finite result. All index
+arithmetic is 64-bit; any batch size, number of channels per head and number of levels work.
+
+Dtypes: ``value`` float16 / bfloat16 / float32 / float64; ``sampling_locations`` and
+``attention_weights`` share one dtype, either ``value``'s or float32 beside a float16 / bfloat16
+``value``. The kernels read locations and weights in the accumulation type (float32 for a
+half-precision ``value``), so a low-precision ``value`` never quantizes the locations (a bfloat16
+location near 1.0 is off by up to about a pixel at W = 256). The output has ``value``'s dtype,
+each gradient its input's dtype.
 
 ``spatial_shapes`` / ``level_start_index`` may be on the CPU or on value's device. Both the
-wrapper and the C++ op check them against ``S`` (``S == sum H*W``, consistent starts); on a
-CUDA device that check reads them back (one small synchronizing copy per call), so pass them on
-the CPU to avoid the sync (the CUDA kernels take the level table as kernel arguments).
+wrapper and the C++ op check them against ``S`` (``S == sum H*W``, consistent starts). Keep them
+on the CPU (as the pixel decoder does): the op then reads them without any host-device sync and
+passes the level table to the CUDA kernels as launch arguments, so a call can be captured in a
+CUDA graph. On a CUDA device the check reads them back (one small synchronizing copy per call).
 
 Kernel or reference (never a silent fallback after an error), the policy shared by the ops
 (:func:`glid.layers._ext.use_kernel`), in this order:
@@ -30,9 +41,13 @@ Kernel or reference (never a silent fallback after an error), the policy shared 
   any other pair (e.g. CPU float16, MPS) runs :func:`ms_deform_attn_reference`, logged once;
 * CUDA inputs with a ``glid._C`` built without CUDA kernels raise.
 
-Autocast: under ``torch.autocast`` the op is an fp32 island: its float inputs are cast to (at
-least) float32 inside :func:`ms_deform_attn` and it returns float32, like ``softmax``; the caller
-stays in autocast. Outside autocast the op runs in the inputs' dtype.
+Autocast: under ``torch.autocast`` the op runs in ``value``'s low precision with float32
+locations and weights: ``value`` is cast to the autocast dtype (float32 on a device without a
+kernel for that dtype, e.g. CPU float16; float64 stays float64), ``sampling_locations`` and
+``attention_weights`` to float32, and the output has ``value``'s new dtype. No float32 copy of
+``value`` is made or saved for backward. The same rule is registered for the C++ op itself
+(AutocastCPU / AutocastCUDA), so a direct ``torch.ops.glid.ms_deform_attn_forward`` call under
+autocast behaves alike. Outside autocast the op runs in the inputs' dtypes.
 
 Deterministic backward: the CPU backward is always deterministic (no atomics; bitwise
 reproducible for a given number of threads). The CUDA backward accumulates ``grad_value`` with
@@ -197,13 +212,32 @@ def _check_static(
             )
 
 
-def _check_same_dtype(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> None:
-    if not (value.dtype == sampling_locations.dtype == attention_weights.dtype):
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _check_dtypes(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> None:
+    """Locations and weights: one dtype, value's or float32 beside a half-precision value."""
+    loc_dtype = sampling_locations.dtype
+    if loc_dtype != attention_weights.dtype or not (
+        loc_dtype == value.dtype or (value.dtype in _HALF_DTYPES and loc_dtype == torch.float32)
+    ):
         raise TypeError(
-            "ms_deform_attn: value, sampling_locations and attention_weights must have the same "
-            f"dtype, got {value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype} "
-            "(under torch.autocast they are cast to float32 for you)"
+            "ms_deform_attn: sampling_locations and attention_weights must have the same dtype, "
+            "value's or float32 for a float16/bfloat16 value; got value "
+            f"{value.dtype}, sampling_locations {loc_dtype}, attention_weights "
+            f"{attention_weights.dtype}"
         )
+
+
+def _autocast_dtypes(device_type: str, value_dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+    """(value dtype, location / weight dtype) under autocast; the rule of the C++ op's autocast
+    kernel (csrc/ms_deform_attn/ms_deform_attn_autocast.cpp)."""
+    if value_dtype == torch.float64:
+        return torch.float64, torch.float64
+    low = torch.get_autocast_dtype(device_type)
+    if low not in KERNEL_DTYPES.get(device_type, ()):
+        low = torch.float32
+    return low, torch.float32
 
 
 def _level_sizes(spatial_shapes: Tensor, level_start_index: Tensor, s: int) -> list[int]:
@@ -248,14 +282,22 @@ def ms_deform_attn_reference(
         value: (N, S, M, D) values, ``S = sum_l H_l * W_l``.
         spatial_shapes: (L, 2) int64, (H_l, W_l) per level.
         level_start_index: (L,) int64, start of each level along S.
-        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y), ``align_corners=False``.
-        attention_weights: (N, Lq, M, L, P).
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y), ``align_corners=False``;
+            value's dtype, or float32 for a float16 / bfloat16 value (then the sampling runs
+            in float32).
+        attention_weights: (N, Lq, M, L, P), the dtype of ``sampling_locations``.
 
     Returns:
-        (N, Lq, M * D) in the dtype of the inputs (differentiable w.r.t. the float inputs).
+        (N, Lq, M * D) in value's dtype (differentiable w.r.t. the float inputs).
     """
     _check_static(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    _check_same_dtype(value, sampling_locations, attention_weights)
+    _check_dtypes(value, sampling_locations, attention_weights)
+    out_dtype = value.dtype
+    # One dtype for grid_sample: the widest (float32 beside a half-precision value).
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value = value.to(dtype)
+    sampling_locations = sampling_locations.to(dtype)
+    attention_weights = attention_weights.to(dtype)
     n, s, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     sizes = _level_sizes(spatial_shapes, level_start_index, s)
@@ -272,7 +314,15 @@ def ms_deform_attn_reference(
     stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
     out = (stacked * weights).sum(-1)  # (N*M, D, Lq)
-    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+    out = out.view(n, m * d, lq).transpose(1, 2)
+    # grid_sample's own result for a non-finite location depends on the device; make it the
+    # documented one. `poison` is 0 at finite points (adding exact zeros, zero gradients) and NaN
+    # at the others, so their row and their location / weight gradients become NaN.
+    finite = torch.isfinite(sampling_locations).all(-1)  # (N, Lq, M, L, P)
+    poison = torch.where(finite, 0.0, float("nan")).to(dtype)
+    nan_terms = (sampling_locations.sum(-1) + attention_weights) * poison
+    out = out + nan_terms.sum((-1, -2)).repeat_interleave(d, dim=-1)
+    return out.to(out_dtype).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,32 +423,30 @@ def ms_deform_attn(
         spatial_shapes: (L, 2) int64, (H_l, W_l) per level; on the CPU (no device sync) or on
             value's device.
         level_start_index: (L,) int64, cumulative start of each level along S.
-        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y), ``align_corners=False``.
-        attention_weights: (N, Lq, M, L, P).
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y), ``align_corners=False``;
+            value's dtype, or float32 for a float16 / bfloat16 value.
+        attention_weights: (N, Lq, M, L, P), the dtype of ``sampling_locations``.
         deterministic: use the deterministic backward (see module doc); ``None`` follows
             :func:`deterministic_backward_enabled`.
 
     Returns:
-        (N, Lq, M * D) in the inputs' dtype (float32 or wider under autocast).
+        (N, Lq, M * D) in value's dtype (under autocast: the autocast dtype, see module doc).
     """
     _check_static(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     device_type = value.device.type
     if torch.is_autocast_enabled(device_type):
-        # fp32 island: the op itself runs in (at least) float32, the caller stays in autocast.
-        dtype = torch.promote_types(
-            torch.promote_types(value.dtype, sampling_locations.dtype),
-            torch.promote_types(attention_weights.dtype, torch.float32),
-        )
+        # value in the autocast dtype, locations / weights in float32 (module doc, "Autocast").
+        value_dtype, loc_dtype = _autocast_dtypes(device_type, value.dtype)
         with torch.autocast(device_type, enabled=False):
             return ms_deform_attn(
-                value.to(dtype),
+                value.to(value_dtype),
                 spatial_shapes,
                 level_start_index,
-                sampling_locations.to(dtype),
-                attention_weights.to(dtype),
+                sampling_locations.to(loc_dtype),
+                attention_weights.to(loc_dtype),
                 deterministic=deterministic,
             )
-    _check_same_dtype(value, sampling_locations, attention_weights)
+    _check_dtypes(value, sampling_locations, attention_weights)
     if (
         spatial_shapes.device.type == "cpu"
         and level_start_index.device.type == "cpu"

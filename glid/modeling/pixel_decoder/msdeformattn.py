@@ -80,8 +80,9 @@ class MSDeformAttn(nn.Module):
             query: (N, Lq, C) queries (with position embedding added).
             reference_points: (N, Lq, L, 2) normalized (x, y) per level.
             value_input: (N, S, C) flattened maps of all levels.
-            spatial_shapes: (L, 2) int64 (H, W) per level.
-            level_start_index: (L,) int64 start of each level in S.
+            spatial_shapes: (L, 2) int64 (H, W) per level; best on the CPU (the op then reads it
+                without a host-device sync).
+            level_start_index: (L,) int64 start of each level in S, on the CPU likewise.
 
         Returns:
             (N, Lq, C).
@@ -91,12 +92,12 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(value_input).view(n, value_input.shape[1], m, -1)
         # Locations and weights at least fp32 even under autocast (never below the value's
         # precision, e.g. float64): a half-precision location is off by up to ~0.1 pixel on an
-        # 80-pixel level. The op itself is the autocast fp32 island.
+        # 80-pixel level. Under autocast the op samples the low-precision value with them.
         dtype = torch.promote_types(value.dtype, torch.float32)
         offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2).to(dtype)
         weights = self.attention_weights(query).view(n, lq, m, lv * p)
         weights = weights.softmax(-1, dtype=dtype).view(n, lq, m, lv, p)
-        normalizer = spatial_shapes.flip(-1).to(dtype)  # (W, H) per level
+        normalizer = _offset_normalizer(spatial_shapes, offsets)  # (W, H) per level
         ref = reference_points.to(dtype)[:, :, None, :, None, :]
         locations = ref + offsets / normalizer[None, None, None, :, None, :]
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
@@ -135,6 +136,20 @@ class MSDeformAttnEncoderLayer(nn.Module):
         )
         src = self.norm1(src + self.dropout(attended))
         return self.norm2(src + self.dropout(self.ffn(src)))
+
+
+def _offset_normalizer(spatial_shapes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(L, 2) = (W, H) per level, in ``like``'s dtype and on its device. From a host table on
+    another device it is written entry by entry (fills taking the sizes as launch arguments):
+    no host-to-device copy, which may wait for the device."""
+    wh = spatial_shapes.flip(-1)
+    if wh.device == like.device:
+        return wh.to(like.dtype)
+    out = like.new_empty(wh.shape)
+    for lvl, (w, h) in enumerate(wh.tolist()):
+        out[lvl, 0].fill_(w)
+        out[lvl, 1].fill_(h)
+    return out
 
 
 def encoder_reference_points(
@@ -262,11 +277,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 self.pos_embed(x).flatten(2).transpose(1, 2) + self.level_embed[i].to(x.dtype)
             )
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
-        device = src.device
-        spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
+        # The level table stays on the host: the op reads it with no host-device sync (two per
+        # layer and step otherwise), which also lets the op be captured in a CUDA graph.
+        spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
         sizes = spatial_shapes.prod(1)
         level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-        reference_points = encoder_reference_points(shapes, src.shape[0], device).to(src.dtype)
+        reference_points = encoder_reference_points(shapes, src.shape[0], src.device).to(src.dtype)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
         multi_scale = [
