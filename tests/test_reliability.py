@@ -475,3 +475,24 @@ def test_learning_rate_ending_before_the_run_is_warned_about(caplog):
     (message,) = messages
     assert "is 0 from iteration 60 on: the last 40 of SOLVER.MAX_ITER=100" in message
     assert lrs[59] > 0 and lrs[60] == 0
+
+
+def test_unreadable_checkpoints_are_called_what_they_are(tmp_path):
+    import torch
+    from torch import nn
+
+    from glid.checkpoint import CheckpointMismatchError
+
+    model = nn.Linear(3, 3)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    torch.save({"model": model.state_dict(), "args": _FakeVis(None)}, tmp_path / "foreign.pth")
+    checkpointer = _checkpointer(model, tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"empty\.pth is corrupt or truncated \(0 "):
+        checkpointer.load(str(tmp_path / "empty.pth"))
+    with pytest.raises(CheckpointMismatchError, match=r"noise\.pth is corrupt") as exc:
+        checkpointer.load(str(tmp_path / "noise.pth"))
+    assert "weights_only" not in str(exc.value)
+    with pytest.raises(CheckpointMismatchError, match=r"foreign\.pth holds .*_FakeVis") as exc:
+        checkpointer.load(str(tmp_path / "foreign.pth"))
+    assert "corrupt" not in str(exc.value) and "weights_only" not in str(exc.value)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,29 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _unreadable(filename: str, error: Exception) -> CheckpointMismatchError:
+    """Why ``filename`` could not be read, in words: a corrupt file is called corrupt, a
+    well-formed file with foreign objects is not (torch's own message suggests weights_only=False
+    for both)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    foreign = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+    if foreign:
+        return CheckpointMismatchError(
+            f"{filename} holds objects other than tensors and plain containers (a "
+            f"{foreign.group(1)}), which the safe loader refuses; GLID's own checkpoints hold "
+            "none. If you trust its source, save its state dict alone (a dict of tensors) and "
+            "load that."
+        )
+    size = os.path.getsize(filename) if os.path.isfile(filename) else "?"
+    return CheckpointMismatchError(
+        f"{filename} is corrupt or truncated ({size} bytes), not a readable checkpoint: "
+        f"{type(error).__name__}: {reason or 'unexpected end of file'}"
+    )
 
 
 class GLIDCheckpointer(DetectionCheckpointer):
@@ -210,23 +234,25 @@ class GLIDCheckpointer(DetectionCheckpointer):
                 "no weights to load: set MODEL.WEIGHTS (or --resume with a checkpoint in "
                 f"{self.save_dir or 'OUTPUT_DIR'!r}); a model from scratch is never evaluated"
             )
-        return super().load(path, checkpointables)
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            # detectron2 resets this only after a successful load; a failed one would make
+            # every later load of this checkpointer fail its assertion.
+            self._parsed_url_during_load = None
 
     def _load_file(self, filename: str) -> dict:
         self._path = filename
         try:
             return super()._load_file(filename)
-        # What torch's (weights-only) unpickler raises on damaged bytes.
+        # What torch's (weights-only) unpickler raises on damaged bytes, or on a pickle that
+        # holds objects other than tensors and containers.
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as e:
-            raise CheckpointMismatchError(
-                f"{filename} is corrupt or truncated, not a readable checkpoint: {e}"
-            ) from e
+            raise _unreadable(filename, e) from e
         except RuntimeError as e:
             if "PytorchStreamReader" not in str(e):  # torch's reader of a damaged zip file
                 raise
-            raise CheckpointMismatchError(
-                f"{filename} is corrupt or truncated, not a readable checkpoint: {e}"
-            ) from e
+            raise _unreadable(filename, e) from e
 
     def _load_model(self, checkpoint: dict):
         exact = not self._fine_tuning
