@@ -10,9 +10,11 @@
 // Backward recomputes the pre-activation y = sum_k c_k x_k instead of saving it. With
 // a_k = relu(w_k), S = sum_k a_k, c_k = a_k / (eps + S) and gy = dL/dy:
 //   dL/dx_k = c_k * gy,   dL/dw_k = [w_k > 0] * sum_i gy_i (x_k,i - y_i) / (eps + S).
-// The weight-gradient sum is split into fixed blocks of kBlock elements (independent of the
-// thread count); each block's partial sum is stored and the partials are added in block order in
-// double, so the result does not depend on the number of threads.
+// The weight-gradient sum is accumulated in double from the first term: its terms cancel (small
+// gradients of either sign over many elements), and a float running sum would lose to eager
+// PyTorch's fp32 cascade sums by orders of magnitude. It is split into fixed blocks of kBlock
+// elements (independent of the thread count); each block's partial sum is stored and the
+// partials are added in block order, so the result does not depend on the number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -167,6 +169,44 @@ GLID_INLINE VecD exp_simd(VecD x) {
   return x;
 }
 
+// Double-precision running sums of W opmath lanes (the weight-gradient terms).
+template <typename acc_t>
+struct WideSum;
+template <>
+struct WideSum<float> {  // 8 float lanes in two 4-double halves
+  VecD lo = {}, hi = {};
+  GLID_INLINE void add(VecF t) {
+    typedef float VecF4 __attribute__((vector_size(16)));
+    VecF4 a, b;
+    std::memcpy(&a, &t, sizeof(a));
+    std::memcpy(&b, reinterpret_cast<const char*>(&t) + sizeof(a), sizeof(b));
+    lo += __builtin_convertvector(a, VecD);
+    hi += __builtin_convertvector(b, VecD);
+  }
+  GLID_INLINE double total() const {
+    double s = 0;
+    for (int l = 0; l < 4; ++l) {
+      s += lo[l];
+    }
+    for (int l = 0; l < 4; ++l) {
+      s += hi[l];
+    }
+    return s;
+  }
+};
+template <>
+struct WideSum<double> {
+  VecD v = {};
+  GLID_INLINE void add(VecD t) { v += t; }
+  GLID_INLINE double total() const {
+    double s = 0;
+    for (int l = 0; l < 4; ++l) {
+      s += v[l];
+    }
+    return s;
+  }
+};
+
 template <typename V>
 GLID_INLINE V silu(V y) {
   return y / (1 + exp_simd(-y));
@@ -257,7 +297,8 @@ struct Kernel {
   // Backward of W elements at offset i: writes the input gradients and adds
   // gy * (x_k - y) to acc[k].
   GLID_INLINE static void backward_step(const scalar_t* g, const scalar_t* const* x,
-                                        scalar_t* const* gx, const V* c, int64_t i, V* acc) {
+                                        scalar_t* const* gx, const V* c, int64_t i,
+                                        WideSum<acc_t>* acc) {
     V a[K];
     V y = c[0] * (a[0] = IO::load(x[0] + i));
     for (int k = 1; k < K; ++k) {
@@ -269,17 +310,14 @@ struct Kernel {
     }
     for (int k = 0; k < K; ++k) {
       IO::store(gx[k] + i, c[k] * gy);
-      acc[k] += gy * (a[k] - y);
+      acc[k].add(gy * (a[k] - y));
     }
   }
 
   // One block [begin, end) of the backward pass; its K partial sums go to partial[0..K).
   GLID_SIMD_CLONES static void backward_block(const Ptrs<scalar_t>& p, const V* c, int64_t begin,
                                               int64_t end, double* partial) {
-    V acc[K];
-    for (int k = 0; k < K; ++k) {
-      acc[k] = splat<V>(acc_t(0));
-    }
+    WideSum<acc_t> acc[K];
     int64_t i = begin;
     for (; i + W <= end; i += W) {
       backward_step(p.g, p.x, p.out, c, i, acc);
@@ -303,11 +341,7 @@ struct Kernel {
       }
     }
     for (int k = 0; k < K; ++k) {
-      double s = 0;
-      for (int l = 0; l < W; ++l) {
-        s += static_cast<double>(acc[k][l]);
-      }
-      partial[k] = s;
+      partial[k] = acc[k].total();
     }
   }
 

@@ -8,8 +8,12 @@
 //
 // Backward recomputes y = sum_k c_k x_k. The weight gradient
 //   dL/dw_k = [w_k > 0] * sum_i gy_i (x_k,i - y_i) / (eps + S)
-// is reduced per block (warp shuffles, then shared memory) into per-block partial sums, which
-// a second one-block kernel adds up in a fixed order: deterministic for a given grid.
+// is summed in double (its terms cancel: small gradients of either sign over many elements) over
+// fixed tiles of kTilePacks packs of VEC elements: thread t of the block that takes a tile sums
+// packs t, t + kThreads, ... of it in order, then the block reduces its threads in a fixed tree.
+// A second one-block kernel adds the tile sums in a fixed order. The tiles, the packs and the
+// order do not depend on the grid (the number of SMs) nor on the alignment (an unaligned view
+// loads the same packs element by element), so the result is the same on every GPU.
 // ATen/cuda/CUDAContext.h is avoided on purpose: it pulls in the cuBLAS/cuSPARSE/cuSOLVER
 // headers, which a minimal CUDA toolkit lacks, and this file needs none of them.
 #include <ATen/Dispatch.h>
@@ -159,90 +163,106 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Writes the input gradients and, per block, partial[blockIdx.x * K + k] =
-// sum over the block's elements of gy * (x_k - y).
-template <typename scalar_t, int K, bool SILU, int VEC>
+// Packs (of VEC elements) per thread in one weight-gradient tile.
+constexpr int kPacksPerThread = 4;
+constexpr int64_t kTilePacks = static_cast<int64_t>(kThreads) * kPacksPerThread;
+
+// Writes the input gradients and, per tile, partial[tile * K + k] = sum over the tile's elements
+// of gy * (x_k - y), in double. ALIGNED: every pointer is 16-byte aligned, so a full pack moves
+// as one vector; otherwise element by element. Both sum the same packs in the same order.
+template <typename scalar_t, int K, bool SILU, int VEC, bool ALIGNED>
 __global__ void __launch_bounds__(kThreads)
     fusion_backward_kernel(FusionPtrs<scalar_t> p, const at::opmath_type<scalar_t>* __restrict__ w,
-                           at::opmath_type<scalar_t> eps, int64_t n,
-                           at::opmath_type<scalar_t>* __restrict__ partial) {
+                           at::opmath_type<scalar_t> eps, int64_t n, int64_t ntiles,
+                           double* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, VEC>;
   acc_t c[K];
   load_coefs<acc_t, K>(w, eps, c);
-  acc_t s[K];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    s[k] = 0;
-  }
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t nvec = n / VEC;
-  for (int64_t i = tid; i < nvec; i += stride) {
-    const P gv = reinterpret_cast<const P*>(p.g)[i];
-    P xv[K];
+  const int64_t npacks = (n + VEC - 1) / VEC;
+  for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    double s[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      xv[k] = reinterpret_cast<const P*>(p.x[k])[i];
+      s[k] = 0;
     }
-    P gx[K];
+    for (int j = 0; j < kPacksPerThread; ++j) {
+      const int64_t pk = tile * kTilePacks + j * kThreads + threadIdx.x;
+      if (pk >= npacks) {
+        break;
+      }
+      const int64_t base = pk * VEC;
+      const int count = static_cast<int>(n - base < VEC ? n - base : VEC);
+      // The pack, zero-padded past n (a padded element adds an exact 0 to the sums).
+      P gv, xv[K];
+      if (ALIGNED && count == VEC) {
+        gv = reinterpret_cast<const P*>(p.g)[pk];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      acc_t a[K];
-      acc_t y = 0;
+        for (int k = 0; k < K; ++k) {
+          xv[k] = reinterpret_cast<const P*>(p.x[k])[pk];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          gv.v[e] = e < count ? p.g[base + e] : scalar_t(0);
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            xv[k].v[e] = e < count ? p.x[k][base + e] : scalar_t(0);
+          }
+        }
+      }
+      P gx[K];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        acc_t a[K];
+        acc_t y = 0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          a[k] = static_cast<acc_t>(xv[k].v[e]);
+          y += c[k] * a[k];
+        }
+        acc_t gy = static_cast<acc_t>(gv.v[e]);
+        if constexpr (SILU) {
+          gy *= silu_grad(y);
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          gx[k].v[e] = static_cast<scalar_t>(c[k] * gy);
+          s[k] += static_cast<double>(gy * (a[k] - y));
+        }
+      }
+      if (ALIGNED && count == VEC) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          reinterpret_cast<P*>(p.out[k])[pk] = gx[k];
+        }
+      } else {
+        for (int e = 0; e < count; ++e) {
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            p.out[k][base + e] = gx[k].v[e];
+          }
+        }
+      }
+    }
+    block_sum<double, K>(s);
+    if (threadIdx.x == 0) {
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        a[k] = static_cast<acc_t>(xv[k].v[e]);
-        y += c[k] * a[k];
-      }
-      acc_t gy = static_cast<acc_t>(gv.v[e]);
-      if constexpr (SILU) {
-        gy *= silu_grad(y);
-      }
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        gx[k].v[e] = static_cast<scalar_t>(c[k] * gy);
-        s[k] += gy * (a[k] - y);
+        partial[tile * K + k] = s[k];
       }
     }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      reinterpret_cast<P*>(p.out[k])[i] = gx[k];
-    }
-  }
-  for (int64_t j = nvec * VEC + tid; j < n; j += stride) {
-    acc_t a[K];
-    acc_t y = 0;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      a[k] = static_cast<acc_t>(p.x[k][j]);
-      y += c[k] * a[k];
-    }
-    acc_t gy = static_cast<acc_t>(p.g[j]);
-    if constexpr (SILU) {
-      gy *= silu_grad(y);
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      p.out[k][j] = static_cast<scalar_t>(c[k] * gy);
-      s[k] += gy * (a[k] - y);
-    }
-  }
-  block_sum<acc_t, K>(s);
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      partial[static_cast<int64_t>(blockIdx.x) * K + k] = s[k];
-    }
+    __syncthreads();  // block_sum's shared memory is reused by the next tile
   }
 }
 
-// One block: grad_w[k] = [w_k > 0] * sum_b partial[b * K + k] / (eps + S).
+// One block: grad_w[k] = [w_k > 0] * sum_t partial[t * K + k] / (eps + S), summed in double in
+// a fixed order.
 template <typename acc_t, int K>
 __global__ void __launch_bounds__(kThreads)
-    fusion_weight_grad_kernel(const acc_t* __restrict__ partial, int64_t nparts,
+    fusion_weight_grad_kernel(const double* __restrict__ partial, int64_t nparts,
                               const acc_t* __restrict__ w, acc_t eps, acc_t* __restrict__ grad_w) {
-  acc_t s[K];
+  double s[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     s[k] = 0;
@@ -253,13 +273,14 @@ __global__ void __launch_bounds__(kThreads)
       s[k] += partial[b * K + k];
     }
   }
-  block_sum<acc_t, K>(s);
+  block_sum<double, K>(s);
   if (threadIdx.x == 0) {
     acc_t c[K];
     const acc_t inv_denom = load_coefs<acc_t, K>(w, eps, c);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      grad_w[k] = w[k] > acc_t(0) ? s[k] * inv_denom : acc_t(0);
+      grad_w[k] = w[k] > acc_t(0) ? static_cast<acc_t>(s[k] * static_cast<double>(inv_denom))
+                                  : acc_t(0);
     }
   }
 }
@@ -353,22 +374,26 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> fast_fusion_backward_cuda(
         const acc_t* w = weights.const_data_ptr<acc_t>();
         acc_t* gw = grad_w.mutable_data_ptr<acc_t>();
         const auto e = static_cast<acc_t>(eps);
-        const int64_t blocks = vec_ok ? num_blocks(n / kVec) : num_blocks(n);
+        // Tiles of a fixed size, so the partial sums do not depend on the grid; the grid only
+        // decides how many tiles each block takes.
+        const int64_t ntiles = (n + kTilePacks * kVec - 1) / (kTilePacks * kVec);
+        const int64_t blocks = std::min<int64_t>(ntiles, num_blocks(n / kVec));
         const auto k_inputs = static_cast<int64_t>(inputs.size());
-        at::Tensor partial = at::empty({blocks * k_inputs}, weights.options());
-        acc_t* part = partial.mutable_data_ptr<acc_t>();
+        at::Tensor partial = at::empty({ntiles * k_inputs}, weights.options().dtype(at::kDouble));
+        double* part = partial.mutable_data_ptr<double>();
         dispatch_k_silu(inputs.size(), silu, [&](auto kc, auto act) {
           constexpr int K = decltype(kc)::value;
           constexpr bool SILU = decltype(act)::value;
           if (vec_ok) {
-            fusion_backward_kernel<scalar_t, K, SILU, kVec>
-                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, part);
+            fusion_backward_kernel<scalar_t, K, SILU, kVec, true>
+                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, ntiles, part);
           } else {
-            fusion_backward_kernel<scalar_t, K, SILU, 1>
-                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, part);
+            fusion_backward_kernel<scalar_t, K, SILU, kVec, false>
+                <<<blocks, kThreads, 0, stream>>>(p, w, e, n, ntiles, part);
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          fusion_weight_grad_kernel<acc_t, K><<<1, kThreads, 0, stream>>>(part, blocks, w, e, gw);
+          fusion_weight_grad_kernel<acc_t, K>
+              <<<1, kThreads, 0, stream>>>(part, ntiles, w, e, gw);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
