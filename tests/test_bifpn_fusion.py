@@ -72,9 +72,9 @@ def error_bounds(xs, w, gout, activation, eps=EPS):
     * gmag = |grad_out| (1 + mag) with SiLU (|silu'| <= 1.1 and its error follows the error of y,
       |silu''| <= 0.5), |grad_out| without: bounds dL/dy and its error;
     * grad x_k = c_k dL/dy: c_k * gmag;
-    * grad w_k = sum_i dL/dy_i (x_k,i - y_i) / (eps + sum a), accumulated in float32 over all
-      elements: the sum of the terms' magnitudes gmag_i (|x_k,i| + 2 mag_i) / (eps + sum a), plus
-      the final rounding to w's dtype.
+    * grad w_k = sum_i dL/dy_i (x_k,i - y_i) / (eps + sum a), terms in float32 summed in double
+      (a loose bound, that of a float32 sum): the sum of the terms' magnitudes
+      gmag_i (|x_k,i| + 2 mag_i) / (eps + sum a), plus the final rounding to w's dtype.
     """
     dtype = xs[0].dtype
     u_acc = unit_roundoff(torch.float64 if dtype == torch.float64 else torch.float32)
