@@ -591,3 +591,66 @@ print(json.dumps(fast_normalized_fusion(xs, torch.ones(2), activation=None).toli
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == pytest.approx([2 / (2 + 1e-4)] * 3, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the current stream, empty inputs, a second device
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_ext
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_runs_on_the_current_stream():
+    xs, w, gout = make_case(3, (4, 64, 33, 17), torch.float32, weights="positive", device="cuda")
+    out_ref, gxs_ref, gw_ref = run(fast_normalized_fusion, xs, w, gout, "silu")
+    # On a side stream the inputs are written only after a ~50 ms sleep: a kernel launched on
+    # any other stream (e.g. the legacy default one) runs first and reads the NaN placeholders.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        late = [torch.full_like(t, float("nan")) for t in (*xs, w, gout)]
+        torch.cuda._sleep(100_000_000)
+        for dst, src in zip(late, (*xs, w, gout)):
+            dst.copy_(src)
+        out, gxs, gw = run(fast_normalized_fusion, late[:3], late[3], late[4], "silu")
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out, out_ref)
+    assert all(torch.equal(a, b) for a, b in zip(gxs, gxs_ref))
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-6, atol=1e-6)
+
+
+@needs_ext
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("k", [2, 3])
+def test_cuda_empty_inputs(k):
+    xs = [torch.randn(0, 4, device="cuda", requires_grad=True) for _ in range(k)]
+    w = torch.tensor([1.0, 2.0, 0.5][:k], device="cuda", requires_grad=True)
+    # A freed NaN block for the weight gradient's buffer to land on if the op leaves it unset.
+    torch.full((256,), float("nan"), device="cuda")
+    out = fast_normalized_fusion(xs, w)
+    assert out.shape == (0, 4)
+    out.sum().backward()
+    torch.cuda.synchronize()
+    assert torch.equal(w.grad, torch.zeros(k, device="cuda"))
+    assert all(x.grad.shape == (0, 4) for x in xs)
+
+
+@needs_ext
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_cuda_inputs_on_a_second_device(activation):
+    xs, w, gout = make_case(3, (2, 8, 9, 7), torch.float64)
+    out_ref, gxs_ref, gw_ref = run(fast_normalized_fusion, xs, w, gout, activation)  # CPU
+    with torch.cuda.device(0):  # the current device is not the inputs' one
+        xs1, w1, gout1 = [x.to("cuda:1") for x in xs], w.to("cuda:1"), gout.to("cuda:1")
+        out, gxs, gw = run(fast_normalized_fusion, xs1, w1, gout1, activation)
+        torch.cuda.synchronize("cuda:1")
+    assert out.device == torch.device("cuda:1") and gw.device == out.device
+    torch.testing.assert_close(out.cpu(), out_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(gxs, gxs_ref):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw.cpu(), gw_ref, rtol=1e-12, atol=1e-12)

@@ -1041,3 +1041,75 @@ def test_cuda_invalid_input_raises_not_crashes():
             value[:, 1:].contiguous(), a["ss"].cuda(), a["lsi"].cuda(), loc, attn, False
         )
     torch.cuda.synchronize()  # the context is still healthy
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the current stream, empty batches and queries, a second device
+# ---------------------------------------------------------------------------------------------
+
+
+def _poison_cuda_cache(numel: int) -> None:
+    """Leave a freed NaN block in the caching allocator, so that an output the op forgets to
+    initialize reads NaN instead of zeros that happened to be there."""
+    torch.full((numel,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_runs_on_the_current_stream(deterministic):
+    inputs = make_inputs(2, 50, 4, 16, [(8, 8), (4, 4)], 4, dtype=torch.float32, device="cuda")
+    value, loc, attn, ss, lsi = inputs
+    out_ref, grads_ref = run_with_grads(
+        ms_deform_attn, value, loc, attn, ss, lsi, deterministic=deterministic
+    )
+    # On a side stream the inputs are written only after a ~50 ms sleep: a kernel launched on
+    # any other stream (e.g. the legacy default one) runs first and reads the NaN placeholders.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        late = [torch.full_like(t, float("nan")) for t in (value, loc, attn)]
+        torch.cuda._sleep(100_000_000)
+        for dst, src in zip(late, (value, loc, attn)):
+            dst.copy_(src)
+        out, grads = run_with_grads(ms_deform_attn, *late, ss, lsi, deterministic=deterministic)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out, out_ref)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("n,lq", [(0, 5), (2, 0), (0, 0)])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_empty_batch_or_queries(n, lq, deterministic):
+    value, loc, attn, ss, lsi = make_inputs(
+        n, lq, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32, device="cuda"
+    )
+    _poison_cuda_cache(4 * (2 * 16 * 2 * 8))
+    out, grads = run_with_grads(
+        ms_deform_attn, value, loc, attn, ss, lsi, deterministic=deterministic
+    )
+    torch.cuda.synchronize()
+    assert out.shape == (n, lq, 16)
+    assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
+    assert not grads[0].any(), "no query samples the map: grad_value must be exactly zero"
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_inputs_on_a_second_device(deterministic):
+    inputs = make_inputs(2, 20, 2, 8, [(5, 6), (3, 3)], 3)  # float64, CPU kernel as reference
+    out_ref, grads_ref = run_with_grads(ms_deform_attn, *inputs, deterministic=deterministic)
+    with torch.cuda.device(0):  # the current device is not the inputs' one
+        on1 = [t.to("cuda:1") for t in inputs]
+        out, grads = run_with_grads(ms_deform_attn, *on1, deterministic=deterministic)
+        torch.cuda.synchronize("cuda:1")
+    assert out.device == torch.device("cuda:1")
+    assert all(g.device == out.device for g in grads)
+    out, grads = out.cpu(), [g.cpu() for g in grads]
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
