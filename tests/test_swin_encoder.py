@@ -334,3 +334,37 @@ def test_window_size_and_pretrain_size_set_every_stage():
     assert model.stage_windows == [(8, 8)] * 4
     assert model.swin.layers[2].blocks[0].shift_size == (0, 0)
     assert [b.shift_size for b in model.swin.layers[3].blocks] == [(0, 0)]
+
+
+def test_window_benchmark_runs_both_implementations(monkeypatch, capsys):
+    """tools/benchmark_window.py on the tiny config: one row per window, timm's blocks for the
+    ``-timm`` variant and ours for the other, ratios to the reference."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    from tools import benchmark_window
+
+    calls = {"timm": 0, "ours": 0}
+    timm_attn, ours = SwinTransformerBlock._attn, swin.window_attention
+
+    def count_timm(self, x):
+        calls["timm"] += 1
+        return timm_attn(self, x)
+
+    def count_ours(block, x):
+        calls["ours"] += 1
+        return ours(block, x)
+
+    monkeypatch.setattr(SwinTransformerBlock, "_attn", count_timm)
+    monkeypatch.setattr(swin, "window_attention", count_ours)
+    medians = benchmark_window.main(
+        [
+            "--config-file", "configs/quickstart/glid_synth_sem_tiny.yaml",
+            "--sizes", "64", "--windows", "4-timm", "4",
+            "--repeats", "1", "--warmup", "0", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert calls["timm"] > 0 and calls["ours"] > 0
+    assert len(medians) == 2 * 4 and all(v > 0 for v in medians.values())
+    assert "machine: " in out and "speed-up over window 4-timm" in out
+    assert " 64  4-timm 16/4 8/4 4/4 2>4/4" in out  # stage 4: 2 tokens padded to one window
