@@ -141,10 +141,11 @@ class MSDeformAttnEncoderLayer(nn.Module):
 def _offset_normalizer(spatial_shapes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(L, 2) = (W, H) per level, in ``like``'s dtype and on its device. From a host table on
     another device it is written entry by entry (fills taking the sizes as launch arguments):
-    no host-to-device copy, which may wait for the device."""
+    no host-to-device copy, which may wait for the device. Under torch.compile a plain copy (a
+    traceable op; reading the table would break the graph)."""
     wh = spatial_shapes.flip(-1)
-    if wh.device == like.device:
-        return wh.to(like.dtype)
+    if wh.device == like.device or torch.compiler.is_compiling():
+        return wh.to(device=like.device, dtype=like.dtype)
     out = like.new_empty(wh.shape)
     for lvl, (w, h) in enumerate(wh.tolist()):
         out[lvl, 0].fill_(w)
