@@ -944,6 +944,20 @@ def test_cuda_pixel_decoder_attention_makes_no_sync():
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_op_in_value_low_precision(dtype):
+    value, loc, attn, ss, lsi = make_inputs(2, 4, 2, 8, [(3, 4), (2, 2)], 2, dtype=torch.float32)
+    value, loc, attn = (t.cuda() for t in (value, loc, attn))
+    expected = ms_deform_attn(value.to(dtype), ss, lsi, loc, attn)
+    with torch.autocast("cuda", dtype=dtype):
+        out_wrapper = ms_deform_attn(value, ss, lsi, loc, attn)
+        out_op = torch.ops.glid.ms_deform_attn_forward(value, ss, lsi, loc, attn, False)
+    assert out_wrapper.dtype == out_op.dtype == dtype
+    assert torch.equal(out_wrapper, expected) and torch.equal(out_op, expected)
+
+
+@pytest.mark.cuda
+@needs_cuda
 @pytest.mark.parametrize("n,d,shapes", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("deterministic", [False, True])
