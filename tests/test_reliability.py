@@ -24,10 +24,10 @@ class _FakeVis:
 class _FakeDemo:
     """Stands in for the model: the demo's file handling is what is tested here."""
 
-    def __init__(self, cfg, score_threshold=0.0):
+    def __init__(self, cfg, **kwargs):
         pass
 
-    def run_on_image(self, image_bgr):
+    def run_on_image(self, image_bgr, path=None):
         return {"sem_seg": None}, _FakeVis(image_bgr)
 
 
@@ -240,14 +240,14 @@ def test_bad_samples_name_the_file_and_the_problem(sem_samples):
         mapper(sem_samples[9])
 
 
-def _loader(dicts, skip):
+def _loader(dicts, skip, num_workers=0):
     from detectron2.data.samplers import TrainingSampler
 
     from glid.engine import ResumableTrainLoader
 
     return ResumableTrainLoader(
         dicts, _sem_mapper(), TrainingSampler(len(dicts), seed=0), 3,
-        aspect_ratio_grouping=False, seed=0, skip_bad_samples=skip,
+        aspect_ratio_grouping=False, seed=0, skip_bad_samples=skip, num_workers=num_workers,
     )  # fmt: skip
 
 
@@ -259,27 +259,34 @@ def test_training_stops_on_a_bad_sample_by_default(sem_samples):
         next(batches)
 
 
-def test_bad_samples_skipped_with_a_warning_and_a_count(sem_samples, caplog):
+def _draw(loader, iterations=12):
+    """The files of ``iterations`` batches, the loader's skip count and its metric."""
     from detectron2.utils.events import EventStorage
 
-    loader = _loader(sem_samples, skip=True)
     seen = set()
-    with EventStorage(0) as storage, caplog.at_level("WARNING", logger="glid.engine.resume"):
+    with EventStorage(0) as storage:
         batches = iter(loader)
-        for _ in range(12):
+        for _ in range(iterations):
             batch = next(batches)
             assert len(batch) == 3 and all("_bad_samples_skipped" not in x for x in batch)
             seen |= {x["file_name"] for x in batch}
             storage.step()
+    return seen, loader.bad_samples_skipped, storage.latest()["data/bad_samples_skipped"][0]
+
+
+def test_bad_samples_skipped_with_a_warning_and_a_count(sem_samples, caplog):
+    with caplog.at_level("WARNING", logger="glid.engine.resume"):
+        seen, count, metric = _draw(_loader(sem_samples, skip=True))
     assert seen == {d["file_name"] for d in sem_samples[:6]}
-    assert loader.bad_samples_skipped >= 4  # 36 draws out of 10 files, 4 bad
+    assert count >= 4 and metric == count  # 36 draws out of 10 files, 4 bad
     skipped = [
         r.getMessage() for r in caplog.records if "skipping bad training sample" in r.message
     ]
-    assert len(skipped) == loader.bad_samples_skipped
+    assert len(skipped) == count
     for name in ("6.jpg", "7.png", "8.png", "9.jpg"):
         assert any(f"/{name}" in m for m in skipped), name
-    assert storage.latest()["data/bad_samples_skipped"][0] == loader.bad_samples_skipped
+    # Worker processes: the same samples skipped, counted in the main process.
+    assert _draw(_loader(sem_samples, skip=True, num_workers=2)) == (seen, count, metric)
 
 
 def test_evaluation_stops_on_a_bad_sample_even_with_skipping(sem_samples):
@@ -422,8 +429,14 @@ def test_sigkill_during_save_leaves_a_resumable_checkpoint(tmp_path):
 
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     fresh = nn.Linear(64, 64)
-    _checkpointer(fresh, tmp_path).resume_or_load("", resume=True)
+    checkpointer = _checkpointer(fresh, tmp_path)
+    checkpointer.resume_or_load("", resume=True)
     assert (fresh.weight == 0.5).all()
+    assert any(name.startswith(".model_final.pth.tmp") for name in os.listdir(tmp_path))
+    checkpointer.save("model_0000199")  # the next save removes the killed one's temporary file
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint", "model_0000099.pth", "model_0000199.pth", "model_final.pth"
+    ]  # fmt: skip
 
 
 # ---- schedules that do not fit the run ----

@@ -83,6 +83,10 @@ def non_finite_entries(state_dict: dict) -> list[str]:
     return [k for k, v in floats if not torch.isfinite(v).all()]
 
 
+# Name of atomic_write's temporary file: ".<name>.tmp<pid>".
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Writes ``path`` through ``write(file)`` so that it is either the old file or the
     complete new one: a temporary file in the same folder, fsync, ``os.replace``, fsync of the
@@ -201,6 +205,7 @@ class GLIDCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        self._remove_stale_temporaries()
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
@@ -211,6 +216,13 @@ class GLIDCheckpointer(DetectionCheckpointer):
         """Names ``last_filename_basename`` in ``save_dir/last_checkpoint``, atomically."""
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def _remove_stale_temporaries(self) -> None:
+        """Removes the temporary files of saves that were killed (:func:`atomic_write`)."""
+        for entry in os.listdir(self.save_dir):
+            if _TEMPORARY.fullmatch(entry):
+                self.logger.info(f"Removing {entry}, left by an interrupted save")
+                os.remove(os.path.join(self.save_dir, entry))
 
     def _last_name(self) -> str:
         last = self.get_checkpoint_file()
