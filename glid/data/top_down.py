@@ -27,7 +27,6 @@ import math
 import os
 from collections import Counter
 
-import cv2
 import numpy as np
 from detectron2.structures import BoxMode
 
@@ -102,6 +101,8 @@ def affine_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def warp_to_crop(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """The crop of ``output_size`` (h, w) of an (H, W, C) image under the image-to-crop map
     ``matrix`` (bilinear; outside the image: 0)."""
+    import cv2  # here: `import glid` must not load OpenCV through GLID (tests/test_import_light)
+
     # OpenCV's coordinates put pixel centres at integers: p_cv = p - 0.5 on both sides.
     linear = matrix[:, :2]
     offset = matrix[:, 2] + linear @ np.array([0.5, 0.5]) - 0.5
