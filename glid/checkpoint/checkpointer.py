@@ -78,7 +78,8 @@ def non_finite_entries(state_dict: dict) -> list[str]:
     """Keys of the floating-point tensors of ``state_dict`` holding a NaN or an infinity (one
     device synchronization when there are none)."""
     floats = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
-    if not floats or torch.stack([torch.isfinite(v).all().cpu() for _, v in floats]).all():
+    flags = [torch.isfinite(v).all() for _, v in floats]
+    if not flags or torch.stack([f.to(flags[0].device) for f in flags]).all():
         return []
     return [k for k, v in floats if not torch.isfinite(v).all()]
 
