@@ -509,3 +509,22 @@ def test_unreadable_checkpoints_are_called_what_they_are(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"foreign\.pth holds .*_FakeVis") as exc:
         checkpointer.load(str(tmp_path / "foreign.pth"))
     assert "corrupt" not in str(exc.value) and "weights_only" not in str(exc.value)
+
+
+def test_predictor_refuses_images_that_are_not_8_bit(tmp_path):
+    """A 16-bit array (e.g. cv2.IMREAD_UNCHANGED) would be normalized as if 8-bit; the
+    predictor refuses it and names the reader that converts it."""
+    from detectron2.modeling import build_model
+
+    from glid.engine import GLIDPredictor
+    from tests.utils import make_tiny_cfg
+
+    cfg = make_tiny_cfg("INPUT.MIN_SIZE_TEST", 32, "DATASETS.TEST", "()")
+    _checkpointer(build_model(cfg), tmp_path).save("model_final")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model_final.pth")
+    predictor = GLIDPredictor(cfg)
+    assert "sem_seg" in predictor(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"uint8 image, got uint16 .*read_image"):
+        predictor(np.zeros((32, 48, 3), np.uint16))
+    with pytest.raises(ValueError, match=r"shape \(32, 48\)"):
+        predictor(np.zeros((32, 48), np.uint8))

@@ -62,6 +62,16 @@ class GLIDPredictor:
         A top-down pose model needs ``person_boxes`` (P, 4) absolute xyxy (and optionally their
         ``person_scores``, default 1): its ``instances`` then hold one person per box.
         """
+        if (
+            original_image.dtype != np.uint8
+            or original_image.ndim != 3
+            or original_image.shape[2] != 3
+        ):
+            raise ValueError(
+                f"GLIDPredictor takes an (H, W, 3) uint8 image, got {original_image.dtype} of "
+                f"shape {original_image.shape}; read files with glid.data.image_io.read_image("
+                "path, 'BGR') (it scales 16-bit images to 8 bits)"
+            )
         if (person_boxes is not None) != (self.person_mapper is not None):
             raise ValueError(
                 "person boxes are for (and needed by) top-down pose models only; task: "
