@@ -26,8 +26,9 @@ def _save(cfg, model, folder: str, name: str = "model") -> str:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A tiny pre-training (mim) checkpoint and the model it holds."""
+def pretrained(tmp_path_factory, synth_root):
+    """A tiny pre-training (mim) checkpoint and the model it holds (the generated data is
+    registered: a task may read its dataset's metadata, e.g. pose's keypoint flip map)."""
     cfg, model = _build("mim", seed=0)
     return _save(cfg, model, str(tmp_path_factory.mktemp("mim"))), model.state_dict()
 
