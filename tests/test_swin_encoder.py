@@ -309,17 +309,25 @@ def test_attention_masks_are_built_once_per_size(monkeypatch):
         swin.SwinTransformerBlock, "get_attn_mask", lambda *a, **k: pytest.fail("timm mask")
     )
     model = tiny_swin(depths=(2, 2, 2, 2), pretrain_img_size=128).eval()
-    swin.window_attention_mask.cache_clear()
+    cached = (swin.window_attention_mask, swin.window_token_order)
+    for fn in cached:
+        fn.cache_clear()
     x = torch.randn(1, 3, 96, 160)  # grids 24x40, 12x20, 6x10 (padded), 3x5 (padded)
     with torch.no_grad():
         model(x)
-        first = swin.window_attention_mask.cache_info()
+        first = [fn.cache_info() for fn in cached]
         model(x)
-        second = swin.window_attention_mask.cache_info()
-    # One mask per (grid, shift): stages 1-3 x {unshifted, shifted}, stage 4 unshifted only
+        second = [fn.cache_info() for fn in cached]
+    # One entry per (grid, shift): stages 1-3 x {unshifted, shifted}, stage 4 unshifted only
     # (its grid at the pre-training size, 4x4, is one window), shared by its two blocks.
-    assert first.misses == 7 and first.hits == 1
-    assert second.misses == 7 and second.hits == 9
+    for info in first:
+        assert info.misses == 7 and info.hits == 1
+    for info in second:
+        assert info.misses == 7 and info.hits == 9
+    # The window order visits every token once; padding slots (6x10 -> 8x12) repeat token 0.
+    order, inverse = swin.window_token_order(6, 10, (4, 4), (2, 2), x.device)
+    assert order.shape == (8 * 12,) and torch.equal(order[inverse], torch.arange(60))
+    assert (order == 0).sum() == 8 * 12 - 60 + 1
     # None where nothing is masked: tiled and unshifted.
     assert swin.window_attention_mask(24, 40, (4, 4), (0, 0), x.device) is None
     mask = swin.window_attention_mask(6, 10, (4, 4), (0, 0), x.device)

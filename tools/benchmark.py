@@ -220,10 +220,15 @@ def decoder_pairs(configs: list[str], opts: list[str]) -> list[tuple[str, str]]:
 
 
 def machine() -> str:
-    from tools.benchmark_model import machine as describe
+    from tools.benchmark_window import machine_line
 
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{describe()}; load average {load}"
+    return machine_line("cuda" if _cuda() else "cpu")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-images", type=int, default=4, help="generated images per split")
     parser.add_argument("--data-root", default=os.path.join(ROOT, "output", "benchmark_data"))
     parser.add_argument("--json-out", help="also write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--dry-run", action="store_true", help="only map the inputs and print their sizes"
     )
@@ -246,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all")
     args = parser.parse_args(argv)
     if args.measure:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         result = measure(
             args.measure, args.opts, args.data_root, args.batch, args.repeats, args.warmup
         )
@@ -283,7 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
         for c in configs:
             cmd = [sys.executable, os.path.abspath(__file__), "--measure", os.path.join(ROOT, c)]
             cmd += ["--data-root", args.data_root, "--batch", str(args.batch)]
-            cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), *args.opts]
+            cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += args.opts
             start = time.perf_counter()
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if out.returncode:

@@ -154,10 +154,21 @@ class Variant:
 
 
 def machine_line(device: str) -> str:
+    """The machine, and a warning when other work competes for its cores."""
     from tools.benchmark_model import machine
 
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{machine()}; device {device}; load average {load}"
+    loads = os.getloadavg()
+    line = f"{machine()}; device {device}; load average {' '.join(f'{v:.2f}' for v in loads)}"
+    cores = os.cpu_count() or 1
+    if loads[0] > cores:
+        # Measured on a busy 2-core machine: a parallel op waits for its descheduled sibling
+        # thread (a 16x4096 gather took 25 ms with 2 threads, 0.01 ms with 1).
+        line += (
+            f"\nWARNING: load {loads[0]:.1f} > {cores} cores: every multi-threaded op may wait a "
+            "scheduler slice, so times measure op counts, not work; use a quiet machine or "
+            "--threads 1"
+        )
+    return line
 
 
 def run(args) -> dict:
@@ -249,12 +260,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="rounds not timed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the multiply-add count")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     for name in args.windows:
         parse_variant(name)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return run(args)
 
 
