@@ -78,9 +78,13 @@ def add_glid_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.EMBED_DIM = 128
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 18, 2]
     cfg.MODEL.SWIN.NUM_HEADS = [4, 8, 16, 32]
-    # Attention window (tokens per side).
+    # Attention window (tokens per side). Token grids it does not tile are padded and the
+    # padding masked (e.g. 512 px: 128 tokens -> 133 with 7; 8 tiles 512 at every stage). Kept
+    # at 7: timings of 7 / 8 / 12 are tools/benchmark_window.py's (issue 14).
     cfg.MODEL.SWIN.WINDOW_SIZE = 7
-    # Image size the window attention and relative-position tables are built for.
+    # Image size the window attention and relative-position tables are built for. A stage whose
+    # grid here is smaller than the window gets a window of that grid, unshifted (timm's rule):
+    # keep it 32 x WINDOW_SIZE (224 for 7, 256 for 8, 384 for 12) so stage 4 keeps the window.
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
     # Pixels per patch side (stride of res2), MLP width / embedding width.
     cfg.MODEL.SWIN.PATCH_SIZE = 4
