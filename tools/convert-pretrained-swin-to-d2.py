@@ -10,8 +10,9 @@ Reads Microsoft's official files (``{"model": ...}`` with ``layers.i.downsample`
 stage i, e.g. ``swin_base_patch4_window12_384_22k.pth``) and files in timm's layout (timm / HF
 ``pytorch_model.bin``, ``.safetensors``, ``.pth``). The encoder is built from the config (add
 ``--opts MODEL.SWIN.WINDOW_SIZE 12`` etc. last), so the relative-position-bias tables are resized
-to its windows. The classifier head, the final norm and stored buffers are dropped; the output
-has ``backbone.swin.*`` only (``output_norms`` and ``mask_token`` stay initialized).
+to its windows (offsets both windows have keep their bias exactly; new ones take timm's values).
+The classifier head, the final norm and stored buffers are dropped; the output has
+``backbone.swin.*`` only (``output_norms`` and ``mask_token`` stay initialized).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Reads SimMIM's pre-training files (``{"model": {"encoder.*", "decoder.0.*"}}``):
 weights become ``backbone.swin.*``, its mask token (1, 1, C) becomes ``backbone.mask_token``
 (1, 1, 1, C), the light pixel decoder and the final norm are dropped. SimMIM's fine-tuned files
 (no ``encoder.`` prefix, with a classifier head) are read too. Relative-position-bias tables are
-resized to the windows of the encoder built from the config (e.g. window 6 -> 7). SimMIM's
+resized to the windows of the encoder built from the config (e.g. window 6 -> 7; offsets both
+windows have keep their bias exactly). SimMIM's
 training files store their yacs config, hence ``--allow-pickle`` (trusted files only). Load the
 output with ``MODEL.WEIGHTS OUT.pkl MODEL.GLID.WEIGHTS_SCOPE encoder`` (Tab. 4's SimMIM baseline).
 """
