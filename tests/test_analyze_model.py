@@ -58,3 +58,5 @@ def test_main_takes_a_config_or_the_paper_tables():
         main([])
     with pytest.raises(SystemExit):
         main(["--paper-tables", "--config-file", TINY_SEM])
+    with pytest.raises(SystemExit):  # an override after --part is not taken for a part
+        main(["--config-file", TINY_SEM, "--part", "head", "MODEL.GLID.PIXEL_DECODER", "BiFPN"])

@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--config-file", help="one config to analyze (not with --paper-tables)")
     parser.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"))
-    parser.add_argument("--part", nargs="+", default=["backbone", "pixel_decoder", "head", "model"])
+    parts = ["backbone", "pixel_decoder", "head", "model"]
+    # choices: config overrides placed after --part would otherwise be taken for parts.
+    parser.add_argument("--part", nargs="+", default=parts, choices=parts)
     parser.add_argument(
         "--paper-tables",
         action="store_true",
