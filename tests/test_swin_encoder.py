@@ -249,7 +249,7 @@ def test_reference_matches_timm_where_the_window_tiles(window):
     for block in _window_blocks(window):
         x = torch.randn(2, 2 * window, 3 * window, 32)
         with torch.no_grad():
-            expected = block._attn(x)
+            expected = swin.SwinTransformerBlock._attn(block, x)  # timm's own
             torch.testing.assert_close(dense_window_attention(block, x), expected)
             torch.testing.assert_close(swin.window_attention(block, x), expected)
 
@@ -292,15 +292,26 @@ def test_padded_grid_gradients_are_finite_and_match_the_reference():
 
 
 def test_encoder_matches_timm_where_the_window_tiles():
-    """Same parameters, same result as timm's forward_features on a size every stage tiles."""
+    """Same parameters, same result as a plain timm Swin on a size every stage tiles; every
+    block of the encoder runs our attention."""
+    from timm.models.swin_transformer import SwinTransformer
+
     torch.manual_seed(0)
     model = tiny_swin(depths=(2, 2, 2, 2), pretrain_img_size=128).eval()
+    assert all(type(b) is swin.MaskedWindowSwinBlock for _, b in _blocks(model))
+    timm_model = SwinTransformer(
+        img_size=128, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+        window_size=4, strict_img_size=False, num_classes=0,
+    ).eval()  # fmt: skip
+    timm_model.norm = torch.nn.Identity()
+    timm_model.load_state_dict(model.swin.state_dict())
+    timm_blocks = [b for stage in timm_model.layers for b in stage.blocks]
+    assert not any(type(b) is swin.MaskedWindowSwinBlock for b in timm_blocks)
     x = torch.randn(2, 3, 128, 256)
     with torch.no_grad():
-        expected = model.swin.forward_features(x)
-        got = model.output_norms["res5"](expected)
+        expected = model.output_norms["res5"](timm_model.forward_features(x))
         out = model(x)["res5"].permute(0, 2, 3, 1)
-    torch.testing.assert_close(out, got)
+    torch.testing.assert_close(out, expected)
 
 
 def test_attention_masks_are_built_once_per_size(monkeypatch):
@@ -376,3 +387,22 @@ def test_window_benchmark_runs_both_implementations(monkeypatch, capsys):
     assert len(medians) == 2 * 4 and all(v > 0 for v in medians.values())
     assert "machine: " in out and "speed-up over window 4-timm" in out
     assert " 64  4-timm 16/4 8/4 4/4 2>4/4" in out  # stage 4: 2 tokens padded to one window
+
+
+def test_fvcore_counts_the_window_attention():
+    """tools/analyze_model.py counts with fvcore, which skips SDPA: traced, the attention is
+    written as matmuls, so the encoder's count equals timm's blocks' (same padded windows)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from tools.benchmark_window import timm_blocks
+
+    model = tiny_swin(depths=(2, 2, 2, 2), pretrain_img_size=128).eval()
+    x = torch.randn(1, 3, 96, 160)  # stages 3 and 4 padded
+    counts = []
+    for timm in (False, True):
+        with timm_blocks(model, timm), torch.no_grad():
+            flops = FlopCountAnalysis(model, (x,))
+            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            counts.append(flops.by_operator())
+    assert counts[0]["matmul"] == counts[1]["matmul"] > 0
+    assert counts[0] == counts[1]

@@ -55,19 +55,19 @@ def parse_variant(text: str) -> tuple[int, bool]:
 
 
 @contextlib.contextmanager
-def timm_blocks(enabled: bool):
-    """Run the encoder's stages through timm's own block forward (the pre-issue-14 code)."""
-    from glid.modeling.backbone import swin
+def timm_blocks(encoder, enabled: bool):
+    """Run ``encoder``'s blocks as timm's own (the pre-issue-14 attention) inside the block."""
+    from timm.models.swin_transformer import SwinTransformerBlock
 
-    if not enabled:
-        yield
-        return
-    ours = swin._stage_forward
-    swin._stage_forward = lambda stage, x: stage(x)
+    blocks = [b for stage in encoder.swin.layers for b in stage.blocks] if enabled else []
+    classes = [b.__class__ for b in blocks]
+    for block in blocks:
+        block.__class__ = SwinTransformerBlock
     try:
         yield
     finally:
-        swin._stage_forward = ours
+        for block, cls in zip(blocks, classes):
+            block.__class__ = cls
 
 
 def stage_grids(model, size: int) -> str:
@@ -189,7 +189,7 @@ def run(args) -> dict:
     info = {}
     for v in variants:
         for s in sizes:
-            with timm_blocks(v.timm):
+            with timm_blocks(v.model.backbone, v.timm):
                 v.model.eval()
                 gmacs = encoder_gmacs(v.model, s, args.device) if not args.no_flops else None
             info[v.name, s] = (stage_grids(v.model, s), gmacs)
@@ -199,7 +199,7 @@ def run(args) -> dict:
         start = time.perf_counter()
         for s in sizes:
             for v in variants:
-                with timm_blocks(v.timm), autocast:
+                with timm_blocks(v.model.backbone, v.timm), autocast:
                     for measure, fn in v.steps(s).items():
                         v.model.train(measure in ("enc_train", "train_step"))
                         if cuda:

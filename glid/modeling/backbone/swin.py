@@ -5,8 +5,8 @@ and segmentation models. A learnable encoder mask token replaces the patch embed
 units during masked image modeling (SimMIM-style), so the hierarchical encoder sees a full grid.
 
 The parameters are timm's (names, shapes and initialization, so public checkpoints load through
-timm's converter), but the blocks run through :func:`window_attention` here instead of timm's
-block forward, for two reasons (issue 14):
+timm's converter), but each block's attention branch is :func:`window_attention` here
+(:class:`MaskedWindowSwinBlock`) instead of timm's, for two reasons (issue 14):
 
 - **Correct padding.** A token grid that the window does not tile (e.g. 128 tokens per side with
   window 7) is padded. timm 1.0 shifts first and pads after, then masks the shifted windows as if
@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "D2SwinTransformer",
+    "MaskedWindowSwinBlock",
     "build_glid_swin_backbone",
     "resize_relative_position_bias",
     "window_attention",
@@ -154,14 +155,18 @@ def window_attention(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tens
     if mask is not None:
         bias = bias + mask[:, None]
         bias = bias.repeat(b, 1, 1, 1) if b > 1 else bias
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=bias.to(q.dtype),
-        dropout_p=attn.attn_drop.p if attn.training else 0.0,
-        scale=attn.scale,
-    )
+    if torch.jit.is_tracing():  # fvcore (tools/analyze_model.py) counts matmuls, not SDPA
+        weights = ((q * attn.scale) @ k.transpose(-2, -1) + bias.to(q.dtype)).softmax(-1)
+        out = attn.attn_drop(weights) @ v
+    else:
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=bias.to(q.dtype),
+            dropout_p=attn.attn_drop.p if attn.training else 0.0,
+            scale=attn.scale,
+        )
     out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(-1, n, c)))
     return out.view(b, -1, c).index_select(1, inverse).view(b, h, w, c)
 
@@ -209,16 +214,13 @@ def resize_relative_position_bias(
     return resized.reshape(shape)
 
 
-def _block_forward(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
-    x = x + block.drop_path1(window_attention(block, block.norm1(x)))
-    return x + block.drop_path2(block.mlp(block.norm2(x)))
+class MaskedWindowSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with :func:`window_attention` as its attention branch (padding first,
+    masked; cached masks and window order). Same parameters and buffers; the encoder turns its
+    timm blocks into these, so hooks and timm's stage code keep working."""
 
-
-def _stage_forward(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = stage.downsample(x)
-    for block in stage.blocks:
-        x = _block_forward(block, x)
-    return x
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        return window_attention(self, x)
 
 
 class D2SwinTransformer(Backbone):
@@ -271,6 +273,9 @@ class D2SwinTransformer(Backbone):
         )
         # The classifier-side final norm is replaced by one LayerNorm per output stage.
         self.swin.norm = nn.Identity()
+        for stage in self.swin.layers:
+            for block in stage.blocks:
+                block.__class__ = MaskedWindowSwinBlock  # same state, our attention branch
         self.use_checkpoint = use_checkpoint
         names = ("res2", "res3", "res4", "res5")
         for name in out_features:
@@ -318,9 +323,9 @@ class D2SwinTransformer(Backbone):
         outputs = {}
         for name, stage in zip(("res2", "res3", "res4", "res5"), self.swin.layers):
             if self.use_checkpoint and self.training:
-                tokens = checkpoint(_stage_forward, stage, tokens, use_reentrant=False)
+                tokens = checkpoint(stage, tokens, use_reentrant=False)
             else:
-                tokens = _stage_forward(stage, tokens)
+                tokens = stage(tokens)
             if name in self.output_norms:
                 outputs[name] = self.output_norms[name](tokens).permute(0, 3, 1, 2).contiguous()
         return outputs
