@@ -76,7 +76,8 @@ prepare() {
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 --platform any \
     -d "$WHEELS" "${PREPARE_WHEELS[@]}" || return 1
-  "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "${PREPARE_SDISTS[@]}" || return 1
+  "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "${PREPARE_SDISTS[@]}" \
+    || return 1
   "$PY" - "$WHEELS" << 'EOF' || return 1
 # detectron2's pure-Python package as a py3-none-any wheel, from the wheel that
 # tools/install_detectron2.py installs from, without its compiled _C and its top-level tools/.
@@ -121,7 +122,8 @@ EOF
   ls -l "$WHEELS"
   local total
   total="$(du -sb "$WHEELS" | cut -f1)"
-  echo "[prepare] $(ls "$WHEELS" | wc -l) wheels, $((total / 1024)) KiB (the device's carry limit is 64 MiB)"
+  echo "[prepare] $(ls "$WHEELS" | wc -l) wheels, $((total / 1024)) KiB" \
+    "(the device's carry limit is 64 MiB)"
   if ((total >= 60 * 1024 * 1024)); then
     echo "[prepare] FAIL: $WHEELS is too large to carry"
     return 1
@@ -223,7 +225,7 @@ line = f"python {sys.version.split()[0]} | torch {torch.__version__} (CUDA {torc
 if torch.version.cuda is None:
     problems.append(f"torch {torch.__version__} is a CPU-only build")
 if not torch.__version__.startswith(expect + "."):
-    notes.append(f"torch {torch.__version__}, not the {expect} the check was prepared and dry-run with")
+    notes.append(f"torch {torch.__version__}, not the {expect} the check was prepared for")
 nvcc = os.path.join(cuda_home, "bin", "nvcc")
 if not any(glob.glob(os.path.join(cuda_home, d, "libcudart.so*")) for d in ("lib64", "lib")):
     problems.append(f"no libcudart.so in {cuda_home}/lib64 or /lib (set CUDA_HOME to the toolkit)")
@@ -244,7 +246,8 @@ else:
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
         arch = arch or f"{major}.{minor}"
-        line += f" | {torch.cuda.get_device_name(0)} (sm_{major}{minor}, {torch.cuda.device_count()} GPU)"
+        count = torch.cuda.device_count()
+        line += f" | {torch.cuda.get_device_name(0)} (sm_{major}{minor}, {count} GPU)"
     elif not dry:
         problems.append("torch sees no CUDA device (torch.cuda.is_available() is False)")
     if arch:
@@ -273,7 +276,8 @@ if [ -n "$problems" ]; then
   fail_now "versions: see above (env.txt)"
 fi
 if [ "$DRY_RUN" = 1 ]; then
-  log "DRY RUN (GLID_GPU_CHECK_DRY_RUN=1): CUDA tests must be collected and skip; model check and benchmarks small on the CPU"
+  log "DRY RUN (GLID_GPU_CHECK_DRY_RUN=1): the CUDA tests must be collected and skip;" \
+    "the model check and the benchmarks run small on the CPU"
 fi
 
 # ---- 1. carried wheels -------------------------------------------------------------------------
@@ -294,7 +298,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 site, paths = sys.argv[1], sys.argv[2:]
 supported = set(sys_tags())
-installed = {canonicalize_name(d.metadata["Name"]) for d in md.distributions() if d.metadata["Name"]}
+installed = {canonicalize_name(d.metadata["Name"] or "") for d in md.distributions()}
 bad = []
 for path in paths:
     name, version, _, tags = parse_wheel_filename(os.path.basename(path))
@@ -331,22 +335,39 @@ if bad:
 EOF
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   export PATH="$SITE/bin:$PATH"
-  log "  $(grep -c '^installed' "$OUT/env.txt") installed into $SITE, $(grep -c '^in the image' "$OUT/env.txt") already in the image (env.txt)"
+  log "  $(grep -c '^installed' "$OUT/env.txt") installed into $SITE," \
+    "$(grep -c '^in the image' "$OUT/env.txt") already in the image (env.txt)"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" - >> "$OUT/env.txt" 2>&1 << 'EOF'
+from importlib import metadata
+
+names = ["torch", "numpy", "timm", "scipy", "opencv-python-headless", "pytest", "detectron2"]
+names += ["fvcore", "iopath", "pycocotools", "ninja"]
+found = []
+for name in names:
+    try:
+        found.append(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        found.append(f"{name} MISSING")
+print("== versions used: " + ", ".join(found))
+EOF
 
 # ---- 2. build glid._C with CUDA kernels ---------------------------------------------------------
-run_stage "build glid._C (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$ARCH, ninja: $(command -v ninja || echo none))" \
+ninja="$(command -v ninja || echo none)"
+run_stage "build glid._C (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=$ARCH, ninja: $ninja)" \
   "$BUILD_S" "$OUT/build.log" \
   env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -Xptxas=-v" \
   "$PY" setup.py build_ext --inplace
 build_rc=$?
 if ((build_rc == 0)); then
-  if ! "$PY" -c 'import sys, torch, glid._C as C; sys.exit(0 if C.has_cuda() else 1)' >> "$OUT/build.log" 2>&1; then
+  if ! "$PY" -c 'import sys, torch, glid._C as C; sys.exit(0 if C.has_cuda() else 1)' \
+    >> "$OUT/build.log" 2>&1; then
     fail_now "glid._C does not load or has no CUDA kernels (see build.log)"
   fi
-  log "  $(grep -c 'Used [0-9]* registers' "$OUT/build.log") ptxas kernel reports, $(grep -c '[1-9][0-9]* bytes spill' "$OUT/build.log") with spills (build.log)"
+  log "  $(grep -c 'Used [0-9]* registers' "$OUT/build.log") ptxas kernel reports," \
+    "$(grep -c '[1-9][0-9]* bytes spill' "$OUT/build.log") with spills (build.log)"
 else
   fail_now "the build failed: no tests, model check or benchmarks (see build.log)"
 fi
@@ -354,7 +375,8 @@ fi
 # ---- 3. CUDA op tests --------------------------------------------------------------------------
 tests=(tests/test_ms_deform_attn.py tests/test_bifpn_fusion.py)
 run_stage "pytest -m cuda ${tests[*]}" 150 "$OUT/pytest_cuda.log" \
-  "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$SCRATCH/pytest_cuda.xml" "${tests[@]}"
+  "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --junitxml="$SCRATCH/pytest_cuda.xml" \
+  "${tests[@]}"
 counts="$("$PY" - "$SCRATCH/pytest_cuda.xml" << 'EOF'
 import sys, xml.etree.ElementTree as ET
 
@@ -370,7 +392,8 @@ print(len(cases), len(cases) - failed - skipped, failed, skipped, "ok")
 EOF
 )"
 read -r n_total n_passed n_failed n_skipped _ <<< "$counts"
-log "  CUDA tests: $n_total collected, $n_passed passed, $n_failed failed/errors, $n_skipped skipped"
+log "  CUDA tests: $n_total collected, $n_passed passed, $n_failed failed/errors," \
+  "$n_skipped skipped"
 grep "^SKIPPED" "$OUT/pytest_cuda.log" | sed 's/^/    /' | tee -a "$OUT/summary.txt"
 if ((n_total == 0)); then
   log "FAIL no CUDA test was collected (see pytest_cuda.log)"
@@ -388,9 +411,11 @@ if [ "$DRY_RUN" = 1 ]; then
 else
   model_args=(--device cuda --size 512 --batch 2 --steps 2)
 fi
-run_stage "model check: Swin-B sem seg, BiFPN + MSDeformAttn, fp32 + bf16 autocast (${model_args[*]})" \
+run_stage "model check: Swin-B sem seg, both pixel decoders, fp32 + bf16 (${model_args[*]})" \
   120 "$OUT/model_check.log" "$PY" tools/gpu_model_check.py "${model_args[@]}" --out "$OUT"
-if [ -f "$OUT/model_check.txt" ]; then sed 's/^/    /' "$OUT/model_check.txt" | tee -a "$OUT/summary.txt"; fi
+if [ -f "$OUT/model_check.txt" ]; then
+  sed 's/^/    /' "$OUT/model_check.txt" | tee -a "$OUT/summary.txt"
+fi
 
 # ---- 5. op benchmarks --------------------------------------------------------------------------
 if [ "$DRY_RUN" = 1 ]; then
@@ -407,5 +432,6 @@ run_stage "benchmark bifpn_fusion (${bifpn_args[*]})" 60 "$OUT/benchmarks.log" \
   "$PY" tools/benchmark_bifpn_fusion.py "${bifpn_args[@]}"
 
 rm -rf "$SCRATCH"
-log "done in $(($(date +%s) - START_S)) s, status $STATUS; $(ls "$OUT" | wc -l) files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+log "done in $(($(date +%s) - START_S)) s, status $STATUS;" \
+  "$(ls "$OUT" | wc -l) files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit "$STATUS"
