@@ -9,7 +9,8 @@ writes, for each module spec given:
 - ``survivors.tsv``: one line per surviving mutant (module, file:line, name, the change), a
   starting point for classifying them (equivalent, or a gap with the test that would kill it).
 
-A module spec is a path under ``glid/`` (a folder or a ``.py`` file), optionally followed by
+A module spec is a path under ``glid/`` (a folder, a folder's own files as ``folder/*.py``, or a
+``.py`` file), optionally followed by
 ``::name1,name2`` to keep only some functions of a file (``Class.method`` for a method), and by
 ``@k`` to check a fixed sample of one mutant in k (chosen by a hash of the mutant's name).
 
@@ -67,6 +68,13 @@ def spec_globs(spec: str) -> tuple[str, list[str]]:
     """('glid/x/y.py::f,C.m') -> (path, mutant-name globs); a '@k' sample suffix is ignored."""
     path, _, names = spec_sample(spec)[0].partition("::")
     path = path.rstrip("/")
+    if path.endswith("/*.py") and not names:
+        # A folder's own files, not its subpackages (glid/modeling/*.py beside glid/modeling/tasks).
+        folder = Path(path[: -len("/*.py")])
+        if not folder.is_dir():
+            raise SystemExit(f"{spec}: no folder {folder}")
+        pkg = str(folder).replace("/", ".")
+        return path, [f"{pkg}.{f.stem}.x*" for f in sorted(folder.glob("*.py"))]
     if path.endswith(".py"):
         module = path[: -len(".py")].replace("/", ".")
         if names:

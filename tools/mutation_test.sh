@@ -4,12 +4,17 @@
 #   bash tools/mutation_test.sh [-j JOBS] [-b BUDGET_MIN] [--fresh|--resume] [--report-only]
 #                               [--at REV] [MODULE ...]
 #
-# MODULE: a folder or .py file under glid/, optionally `file.py::func1,Class.method` to mutate
-# only those functions, and `@K` to check a fixed sample of one mutant in K (e.g.
-# glid/modeling@4: a whole run takes hours on 2 shared cores, a sample gives the score sooner). Default: glid/modeling, glid/data/dataset_mappers, glid/data/datasets,
-# glid/engine, the ops' Python references (bifpn_fusion `_reference`,
+# MODULE: a folder or .py file under glid/, `folder/*.py` for a folder's own files without its
+# subpackages, optionally `file.py::func1,Class.method` to mutate only those functions, and `@K`
+# to check a fixed sample of one mutant in K (e.g. glid/modeling/tasks@8: a whole run takes
+# hours on 2 shared cores, a sample gives the score sooner). Default, most code first:
+# glid/modeling/tasks, glid/modeling/*.py (criterion, matcher, meta_arch, heads, ...),
+# glid/engine, glid/data/dataset_mappers, glid/checkpoint, glid/data/*.py (image_io, subset,
+# task_dataset, top_down), the ops' Python references (bifpn_fusion `_reference`,
 # `fast_normalized_fusion_reference`; ms_deform_attn `ms_deform_attn_reference`), then
-# glid/data/synthetic. Files outside [tool.mutmut] only_mutate in pyproject.toml get no mutants.
+# glid/modeling/backbone, glid/modeling/pixel_decoder, glid/data/datasets, glid/data/synthetic.
+# Files outside [tool.mutmut] only_mutate in pyproject.toml get no mutants. On shared cores run
+# it as `nice -n 15 bash tools/mutation_test.sh -j 1 --at HEAD MODULE@K ...`.
 #
 # Each module is one `mutmut run` over its mutants; mutmut has recorded (once, in a first
 # full pass of the suite) which tests reach each function and runs each mutant against only
@@ -53,12 +58,17 @@ while (($#)); do
 done
 if ((${#MODULES[@]} == 0)); then
     MODULES=(
-        glid/modeling
-        glid/data/dataset_mappers
-        glid/data/datasets
+        glid/modeling/tasks
+        "glid/modeling/*.py"
         glid/engine
+        glid/data/dataset_mappers
+        glid/checkpoint
+        "glid/data/*.py"
         "glid/layers/bifpn_fusion.py::_reference,fast_normalized_fusion_reference"
         "glid/layers/ms_deform_attn.py::ms_deform_attn_reference"
+        glid/modeling/backbone
+        glid/modeling/pixel_decoder
+        glid/data/datasets
         glid/data/synthetic
     )
 fi
