@@ -32,6 +32,7 @@
 
 #include "bifpn_fusion/bifpn_fusion.h"
 #include "bifpn_fusion/bifpn_fusion_checks.h"
+#include "common/parallel.h"
 #include "common/simd.h"
 
 #if !GLID_VECTOR_EXT
@@ -355,7 +356,7 @@ struct Kernel {
       p.x[k] = inputs[k].const_data_ptr<scalar_t>();
     }
     p.out[0] = out.mutable_data_ptr<scalar_t>();
-    parallel_for_(0, out.numel(), kGrain,
+    glid::parallel_for(0, out.numel(), kGrain,
                   [&](int64_t begin, int64_t end) { forward_range(p, c, begin, end); });
   }
 
@@ -375,7 +376,7 @@ struct Kernel {
     const int64_t nblocks = (n + kBlock - 1) / kBlock;
     std::vector<double> partial(static_cast<size_t>(nblocks * K), 0.0);
     double* part = partial.data();
-    parallel_for_(0, nblocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
+    glid::parallel_for(0, nblocks, std::max<int64_t>(1, kGrain / kBlock), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t begin = b * kBlock;
         backward_block(p, c, begin, std::min(n, begin + kBlock), part + b * K);
@@ -390,25 +391,6 @@ struct Kernel {
       gw[k] = co.positive[k] ? static_cast<acc_t>(total * static_cast<double>(co.inv_denom))
                              : acc_t(0);
     }
-  }
-
-  // at::parallel_for. It is an inline template whose OpenMP backend needs this file to be
-  // compiled with -fopenmp; without it the loop would silently run on one thread. In that case
-  // use the same at::parallel_for compiled inside libtorch, exported by torch's stable C shim.
-  template <typename F>
-  static void parallel_for_(int64_t begin, int64_t end, int64_t grain, const F& f) {
-#ifdef _OPENMP
-    at::parallel_for(begin, end, grain, f);
-#else
-    if (begin >= end) {
-      return;
-    }
-    // f must not throw across the C boundary: the loop bodies only do arithmetic.
-    auto callback = [](int64_t b, int64_t e, void* ctx) { (*static_cast<const F*>(ctx))(b, e); };
-    const auto err = torch_parallel_for(begin, end, grain, callback,
-                                        const_cast<void*>(static_cast<const void*>(&f)));
-    TORCH_CHECK(err == AOTI_TORCH_SUCCESS, "fast_fusion: torch_parallel_for failed");
-#endif
   }
 };
 

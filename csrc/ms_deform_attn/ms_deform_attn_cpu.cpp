@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/simd.h"
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "ms_deform_attn/ms_deform_attn_common.h"
@@ -310,7 +311,7 @@ void forward_impl(const Args<scalar_t, loc_t>& A) {
   const int64_t work_per_row = std::max<int64_t>(1, dm.M * dm.L * dm.P * (dm.D + 16));
   const int64_t grain = std::max<int64_t>(1, 32768 / work_per_row);
   const bool avx2 = cpu_has_avx2();
-  at::parallel_for(0, dm.N * dm.Lq, grain, [&](int64_t begin, int64_t end) {
+  glid::parallel_for(0, dm.N * dm.Lq, grain, [&](int64_t begin, int64_t end) {
     std::vector<Tap<scalar_t, acc_t>> taps(static_cast<size_t>(4 * dm.L * dm.P));
 #if GLID_HAS_AVX2_PATH
     if (avx2) {
@@ -506,7 +507,7 @@ void backward_impl(const Args<scalar_t, loc_t>& A, at::Tensor& grad_value) {
     acc_base = buffer.data_ptr<acc_t>();
   }
   const bool avx2 = cpu_has_avx2();
-  at::parallel_for(0, NM * chunks, 1, [&](int64_t begin, int64_t end) {
+  glid::parallel_for(0, NM * chunks, 1, [&](int64_t begin, int64_t end) {
     BackwardScratch<scalar_t, acc_t> sc(dm);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task % chunks;
@@ -526,7 +527,7 @@ void backward_impl(const Args<scalar_t, loc_t>& A, at::Tensor& grad_value) {
   });
   if (!direct) {
     scalar_t* gv = grad_value.data_ptr<scalar_t>();
-    at::parallel_for(0, value_numel, 4096, [&](int64_t begin, int64_t end) {
+    glid::parallel_for(0, value_numel, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         acc_t s = acc_base[j];
         for (int64_t c = 1; c < chunks; ++c) {
