@@ -9,6 +9,7 @@ import torch
 from detectron2.structures import Boxes, ImageList, Instances
 
 from glid.modeling.box_ops import masks_to_boxes
+from glid.modeling.queries import regular_grid_points
 from glid.modeling.tasks.classification import ClassificationTask
 from glid.modeling.tasks.depth import silog_loss
 from glid.modeling.tasks.detection import box_targets_from_instances
@@ -24,6 +25,21 @@ META = torch.device("meta")
 def test_masks_to_boxes_of_no_masks_is_on_their_device():
     boxes = masks_to_boxes(torch.zeros(0, 4, 4, dtype=torch.bool, device=META))
     assert boxes.shape == (0, 4) and boxes.dtype == torch.float32 and boxes.device == META
+
+
+# ---- queries.py ----
+
+
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (1, [(0.5, 0.5)]),
+        (2, [(0.25, 0.5), (0.75, 0.5)]),
+        (3, [(1 / 6, 0.5), (0.5, 0.5), (5 / 6, 0.5)]),  # floor(sqrt(3)) = 1 row
+    ],
+)
+def test_regular_grid_of_fewer_than_four_points_is_one_row(n, expected):
+    assert torch.allclose(regular_grid_points(n), torch.tensor(expected))
 
 
 # ---- tasks/classification.py ----
