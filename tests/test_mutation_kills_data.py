@@ -4,9 +4,53 @@ one behaviour the rest of the suite left open."""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from detectron2.data import transforms as T
+from PIL import Image
 
+from glid.data.dataset_mappers import (
+    InstanceSegmentationDatasetMapper,
+    PanopticSegmentationDatasetMapper,
+)
+from glid.data.dataset_mappers.classification_mapper import RandomResizedCrop
 from glid.data.dataset_mappers.depth_mapper import DepthColorAugmentation, DepthDatasetMapper
+from glid.data.image_io import BadSampleError
+
+# ---- dataset_mappers/classification_mapper.py ----
+
+
+def test_random_resized_crop_falls_back_to_the_centre():
+    """No attempt can fit (the whole area at aspect 4 on a square): the centre crop at the
+    ratio's nearest aspect, (40 - 10) // 2 = 15 rows above it."""
+    rrc = RandomResizedCrop(8, scale=(1.0, 1.0), ratio=(4.0, 4.0))
+    assert rrc.crop_box(40, 40) == (0, 15, 40, 10)
+    assert rrc.crop_box(10, 60) == (10, 0, 40, 10)  # 60 wide: (60 - 40) // 2 columns
+
+
+# ---- dataset_mappers/instance_mapper.py ----
+
+
+def test_instance_label_map_for_the_crop_is_ignore_outside_the_objects():
+    crop = T.RandomCrop_CategoryAreaConstraint("absolute", (4, 4), 0.5, 77)
+    mapper = InstanceSegmentationDatasetMapper(
+        True, augmentations=[crop], image_format="RGB", ignore_label=77
+    )
+    square = [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0, 0.0, 4.0]]  # pixels (0..3, 0..3)
+    record = {"file_name": "a.jpg", "annotations": [{"segmentation": square, "category_id": 3}]}
+    label = mapper.aug_input(record, np.zeros((6, 8, 3), np.uint8)).sem_seg
+    expected = np.full((6, 8), 77.0)
+    expected[:4, :4] = 3
+    np.testing.assert_array_equal(label, expected)
+
+
+def test_panoptic_png_of_another_size_is_named_with_both_sizes(tmp_path):
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "pan.png")
+    mapper = PanopticSegmentationDatasetMapper(True, augmentations=[], image_format="RGB")
+    record = {"file_name": "img.jpg", "pan_seg_file_name": str(tmp_path / "pan.png")}
+    record["segments_info"] = []
+    with pytest.raises(BadSampleError, match=r"pan\.png has size \(5, 7\), its image \(6, 8\)"):
+        mapper.aug_input(record, np.zeros((6, 8, 3), np.uint8))
+
 
 # ---- dataset_mappers/depth_mapper.py ----
 
