@@ -12,7 +12,11 @@ from glid.data.dataset_mappers import (
     InstanceSegmentationDatasetMapper,
     PanopticSegmentationDatasetMapper,
 )
-from glid.data.dataset_mappers.classification_mapper import RandomResizedCrop
+from glid.data.dataset_mappers.classification_mapper import (
+    CenterCropResize,
+    ImageClassificationDatasetMapper,
+    RandomResizedCrop,
+)
 from glid.data.dataset_mappers.depth_mapper import DepthColorAugmentation, DepthDatasetMapper
 from glid.data.dataset_mappers.pose_mapper import TopDownPoseDatasetMapper
 from glid.data.image_io import BadSampleError
@@ -22,6 +26,7 @@ from glid.data.top_down import (
     half_body_center_scale,
     invert_affine,
 )
+from tests.utils import make_tiny_cfg
 
 # ---- dataset_mappers/classification_mapper.py ----
 
@@ -32,6 +37,12 @@ def test_random_resized_crop_falls_back_to_the_centre():
     rrc = RandomResizedCrop(8, scale=(1.0, 1.0), ratio=(4.0, 4.0))
     assert rrc.crop_box(40, 40) == (0, 15, 40, 10)
     assert rrc.crop_box(10, 60) == (10, 0, 40, 10)  # 60 wide: (60 - 40) // 2 columns
+
+
+def test_classification_test_crop_ratio_comes_from_the_config():
+    cfg = make_tiny_cfg("INPUT.RANDOM_RESIZED_CROP.TEST_CROP_RATIO", 1.0)
+    (aug,) = ImageClassificationDatasetMapper.from_config(cfg, False)["augmentations"]
+    assert isinstance(aug, CenterCropResize) and aug.crop_ratio == 1.0
 
 
 # ---- dataset_mappers/instance_mapper.py ----
