@@ -16,9 +16,10 @@
 # Files outside [tool.mutmut] only_mutate in pyproject.toml get no mutants. On shared cores run
 # it as `nice -n 15 bash tools/mutation_test.sh -j 1 --at HEAD MODULE@K ...`. Measured there (load
 # 6-9 on 2 cores, -j 1): mutmut's first pass of the suite ~7 min, then a mapper or task mutant
-# ~6 s, a mutant of glid/modeling's own files ~30 s (a survivor runs all its tests): the
-# modules hold ~2100 (tasks), ~3900 (modeling/*.py), ~2600 (engine), ~3700 (mappers) mutants,
-# so pick K for the time there is (e.g. tasks@40, modeling/*.py@50, mappers@30: ~35 min).
+# ~6 s, a mutant of glid/modeling's own files ~30 s (a survivor runs all its tests). Mutants per
+# module (at 26dbc7d): tasks 2116, modeling/*.py 1589, engine 967, mappers 1491, checkpoint 353,
+# data/*.py 550, backbone 494, pixel_decoder 727, datasets 1194; so pick K for the time there is
+# (tasks@40, modeling/*.py@50, mappers@30 took ~35 min).
 #
 # Each module is one `mutmut run` over its mutants; mutmut has recorded (once, in a first
 # full pass of the suite) which tests reach each function and runs each mutant against only
