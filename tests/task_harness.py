@@ -40,12 +40,13 @@ def tiny_task_cfg(task: str, *opts):
     return cfg
 
 
-def mapped(cfg, dataset: str, count: int, is_train: bool, start: int = 0) -> list[dict]:
-    """The first ``count`` inputs of ``dataset`` (from ``start``; the task's inputs made from its
-    dicts, e.g. persons for pose) through the registered mapper."""
+def mapped(cfg, dataset: str, count: int | None, is_train: bool, start: int = 0) -> list[dict]:
+    """The first ``count`` (None: all) inputs of ``dataset`` from ``start`` (the task's inputs
+    made from its dicts, e.g. persons for pose) through the registered mapper."""
     mapper = build_dataset_mapper(cfg, is_train=is_train)
     dicts = task_dataset_dicts(cfg, DatasetCatalog.get(dataset), is_train)
-    return [mapper(d) for d in dicts[start : start + count]]
+    stop = None if count is None else start + count
+    return [mapper(d) for d in dicts[start:stop]]
 
 
 def register_subset(dataset: str, count: int) -> str:

@@ -33,6 +33,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
 
 from glid.data.top_down import person_instances, person_instances_from_detections
 
@@ -182,6 +183,12 @@ class PoseEstimationTask(GLIDTask):
     @classmethod
     def head_splits(cls, cfg) -> dict[str, int]:
         return {"keypoint_embed": cfg.MODEL.GLID.MASK_DIM}
+
+    def initialize(self, model: nn.Module) -> None:
+        """The head starts near zero, as mmpose's heatmap heads (normal, std 0.001; bias 0):
+        the heatmaps start flat instead of at the scale of ``embedding . mask_features``."""
+        nn.init.normal_(model.head.weight, std=0.001)
+        nn.init.zeros_(model.head.bias)
 
     @classmethod
     def dataset_dicts(cls, cfg, dataset_dicts: list[dict], is_train: bool) -> list[dict]:
