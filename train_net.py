@@ -19,9 +19,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import (
-    AMPTrainer,
     DefaultTrainer,
-    SimpleTrainer,
     create_ddp_model,
     default_argument_parser,
     default_setup,
@@ -36,7 +34,7 @@ import glid
 from glid.checkpoint import GLIDCheckpointer
 from glid.data import test_dataset_dicts
 from glid.data.dataset_mappers import build_dataset_mapper
-from glid.engine import build_lr_scheduler, build_optimizer
+from glid.engine import build_lr_scheduler, build_optimizer, build_train_loop
 from glid.evaluation import build_evaluator
 
 
@@ -54,8 +52,7 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self._trainer = build_train_loop(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # GLID's loading rules: --resume must find every parameter; MODEL.WEIGHTS may leave
         # exactly the task's own parameters new (glid.checkpoint).

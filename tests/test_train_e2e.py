@@ -13,6 +13,7 @@ from detectron2.engine import default_argument_parser
 
 from glid.data import register_all_synthetic
 from glid.data.synthetic import generate_synthetic_dataset
+from glid.engine import GLIDAMPTrainer
 from tests.utils import REPO_ROOT, TINY_CONFIG
 
 sys.path.insert(0, REPO_ROOT)
@@ -65,10 +66,13 @@ def test_train_then_eval_only(data_root, tmp_path):
     assert set(sem) >= {"mIoU", "fwIoU", "mACC", "pACC"}
 
 
-def test_resume_continues_from_last_checkpoint(data_root, tmp_path):
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-amp"])
+def test_resume_continues_from_last_checkpoint(data_root, tmp_path, amp):
     out = tmp_path / "run"
-    cfg = train_net.setup(_args(*_opts(out, 4)))
+    cfg = train_net.setup(_args(*_opts(out, 4, "SOLVER.AMP.ENABLED", str(amp))))
     trainer = train_net.Trainer(cfg)
+    # SOLVER.AMP on the CPU: bfloat16 autocast (detectron2's AMPTrainer is CUDA-only).
+    assert isinstance(trainer._trainer, GLIDAMPTrainer) is amp
     trainer.resume_or_load(resume=False)
     trainer.train()
     # Simulate a run killed after iteration 2: its last checkpoint is model_0000001.pth.

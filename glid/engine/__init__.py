@@ -1,3 +1,4 @@
+from .amp import GLIDAMPTrainer, build_train_loop
 from .defaults import GLIDPredictor
 from .lars import LARS
 from .lr_scheduler import build_lr_scheduler
@@ -7,11 +8,13 @@ from .resume import ExactResumeHook, ResumableTrainLoader, build_train_loader, t
 __all__ = [
     "LARS",
     "ExactResumeHook",
+    "GLIDAMPTrainer",
     "GLIDPredictor",
     "ResumableTrainLoader",
     "build_lr_scheduler",
     "build_optimizer",
     "build_train_loader",
+    "build_train_loop",
     "layer_decay_lr_factor",
     "training_seed",
 ]

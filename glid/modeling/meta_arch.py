@@ -13,6 +13,7 @@ from torch import nn
 
 from .heads import LinearTaskHead
 from .pixel_decoder import build_pixel_decoder
+from .precision import autocast_dtype, to_float32
 from .queries import GLIDQueries
 from .tasks import GLIDTask, build_task, build_task_head
 from .transformer_decoder import GLIDTransformerDecoder
@@ -40,6 +41,7 @@ class GLID(nn.Module):
         pixel_mean: tuple[float, ...],
         pixel_std: tuple[float, ...],
         size_divisibility: int = 32,
+        inference_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -49,6 +51,8 @@ class GLID(nn.Module):
         self.head = head
         self.task = task
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
+        # TEST.AMP: autocast dtype of inference (None = float32).
+        self.inference_dtype = inference_dtype
         # Tokens a task does not use stay in the model (checkpoints keep them for other tasks)
         # but are frozen, so the optimizer and DDP see no unused trainable parameter.
         self.backbone.mask_token.requires_grad_(task.uses_mask_token)
@@ -90,6 +94,11 @@ class GLID(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "inference_dtype": (
+                autocast_dtype(cfg.TEST.AMP.PRECISION, "TEST.AMP.PRECISION", cfg.MODEL.DEVICE)
+                if cfg.TEST.AMP.ENABLED
+                else None
+            ),
         }
 
     @property
@@ -151,6 +160,15 @@ class GLID(nn.Module):
             all_layers=all_layers,
         )
 
+    def last_layer_outputs(self, batched_inputs: list[dict], images: ImageList) -> dict:
+        """The last layer's predictions for inference: under autocast in ``inference_dtype``
+        (``TEST.AMP``) when set, always returned in float32 for the task's post-processing."""
+        if self.inference_dtype is None:
+            return self.forward_outputs(batched_inputs, images, all_layers=False)[-1]
+        with torch.autocast(self.device.type, dtype=self.inference_dtype):
+            last = self.forward_outputs(batched_inputs, images, all_layers=False)[-1]
+        return to_float32(last)
+
     def forward(self, batched_inputs: list[dict]):
         """detectron2 convention: a dict of losses in training, else a list of per-image
         results (``sem_seg``, ``instances``, ``panoptic_seg``, ``depth``, ``classification``)."""
@@ -159,12 +177,12 @@ class GLID(nn.Module):
             images, batched_inputs = self.task.prepare_batch(images, batched_inputs)
             layer_predictions = self.forward_outputs(batched_inputs, images)
             return self.task.losses(layer_predictions, batched_inputs, images)
-        last = self.forward_outputs(batched_inputs, images, all_layers=False)[-1]
+        last = self.last_layer_outputs(batched_inputs, images)
         results = self.task.inference(last, batched_inputs, images)
         if self.task.flip_test:  # the same inference on the horizontally flipped images
             flipped_inputs = [dict(x, image=x["image"].flip(-1)) for x in batched_inputs]
             flipped_images = self.preprocess_image(flipped_inputs)
-            last = self.forward_outputs(flipped_inputs, flipped_images, all_layers=False)[-1]
+            last = self.last_layer_outputs(flipped_inputs, flipped_images)
             flipped = self.task.inference(last, flipped_inputs, flipped_images)
             results = self.task.merge_flipped(results, flipped, batched_inputs)
         return results
