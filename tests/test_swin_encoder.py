@@ -1,6 +1,8 @@
 """The Swin encoder in detail: every MODEL.SWIN key reaches the blocks, the mask token, bf16
 autocast, error messages (mutation-test gaps, issue 13)."""
 
+import argparse
+
 import pytest
 import torch
 from detectron2.modeling import build_backbone
@@ -378,13 +380,17 @@ def test_window_benchmark_runs_both_implementations(monkeypatch, capsys):
     medians = benchmark_window.main(
         [
             "--config-file", "configs/quickstart/glid_synth_sem_tiny.yaml",
-            "--sizes", "64", "--windows", "4-timm", "4",
+            "--sizes", "64", "--windows", "4-timm", "4", "4-bf16",
             "--repeats", "1", "--warmup", "0", "--device", "cpu",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert calls["timm"] > 0 and calls["ours"] > 0
-    assert len(medians) == 2 * 4 and all(v > 0 for v in medians.values())
+    assert len(medians) == 3 * 4 and all(v > 0 for v in medians.values())
+    assert benchmark_window.parse_variant("7-timm-bf16") == (7, True, True)
+    assert benchmark_window.parse_variant("8") == (8, False, False)
+    with pytest.raises(argparse.ArgumentTypeError, match="N-bf16"):
+        benchmark_window.parse_variant("7-bf16-timm")
     assert "machine: " in out and "speed-up over window 4-timm" in out
     assert " 64  4-timm 16/4 8/4 4/4 2>4/4" in out  # stage 4: 2 tokens padded to one window
 

@@ -5,6 +5,7 @@ the same run.
 
     python tools/benchmark_window.py                       # the full table (see README below)
     python tools/benchmark_window.py --sizes 512 --windows 7-timm 7 8 --repeats 1 --warmup 0
+    python tools/benchmark_window.py --windows 7-timm 7 8 7-bf16 8-bf16   # + CPU bfloat16
     python tools/benchmark_window.py --config-file configs/quickstart/glid_synth_sem_tiny.yaml \
         --sizes 64 --windows 7-timm 7 8 --repeats 1 --warmup 0     # a smoke test, seconds
 
@@ -12,15 +13,18 @@ A window ``W`` builds the config's model with ``MODEL.SWIN.WINDOW_SIZE W`` and
 ``MODEL.SWIN.PRETRAIN_IMG_SIZE 32 W`` (the pre-training grid of stage 4 is one window, so every
 stage keeps window W); ``W-timm`` is the same model run through timm's own Swin blocks, the
 implementation before issue 14 (shift then pad, padding attended, masks rebuilt every forward):
-``7-timm`` is the old default. Rows per (size, window): the token grid of each stage with its
-padded size, the encoder's multiply-adds (``torch.utils.flop_counter``, attention included),
-then median seconds of: encoder inference (batch 1), encoder forward + backward of the summed
-outputs, whole-model inference per image, whole-model training step (forward, backward, AdamW
-step; ``--batch`` images). The ratios are window 7's (and 7-timm's) time / this one's (> 1:
-faster than the reference; the first window listed when neither is).
+``7-timm`` is the old default. ``W-bf16`` (or ``W-timm-bf16``) runs under bfloat16 autocast
+as ``SOLVER.AMP`` trains and ``TEST.AMP`` infers (model inference through the model's own
+autocast, post-processing in float32). Rows per (size, window): the token grid of each stage
+with its padded size, the encoder's multiply-adds (``torch.utils.flop_counter``, attention
+included), then median seconds of: encoder inference (batch 1), encoder forward + backward of
+the summed outputs, whole-model inference per image, whole-model training step (forward,
+backward, AdamW step; ``--batch`` images). The ratios are window 7's (and 7-timm's) time / this
+one's (> 1: faster than the reference; the first window listed when neither is).
 
-On the CPU everything runs in float32; on a GPU (``--device cuda``, the default when one is
-visible) under bf16 autocast, and the peak memory of each measurement is printed.
+On the CPU the variants without ``-bf16`` run in float32; on a GPU (``--device cuda``, the
+default when one is visible) every variant runs under bf16 autocast, and the peak memory of each
+measurement is printed.
 """
 
 from __future__ import annotations
@@ -46,12 +50,15 @@ HEADERS = {
 }
 
 
-def parse_variant(text: str) -> tuple[int, bool]:
-    """``"8"`` -> (8, False); ``"7-timm"`` -> (7, True)."""
-    window, _, impl = text.partition("-")
-    if not window.isdigit() or impl not in ("", "timm"):
-        raise argparse.ArgumentTypeError(f"window variant must be N or N-timm, got {text!r}")
-    return int(window), impl == "timm"
+def parse_variant(text: str) -> tuple[int, bool, bool]:
+    """(window, timm's blocks, bfloat16): ``"8"`` -> (8, False, False); ``"7-timm"`` ->
+    (7, True, False); ``"7-bf16"`` -> (7, False, True); ``"7-timm-bf16"`` -> (7, True, True)."""
+    window, *suffixes = text.split("-")
+    if not window.isdigit() or suffixes not in ([], ["timm"], ["bf16"], ["timm", "bf16"]):
+        raise argparse.ArgumentTypeError(
+            f"window variant must be N, N-timm, N-bf16 or N-timm-bf16, got {text!r}"
+        )
+    return int(window), "timm" in suffixes, "bf16" in suffixes
 
 
 @contextlib.contextmanager
@@ -110,7 +117,8 @@ class Variant:
         from tools.benchmark_model import make_batch
 
         self.name = name
-        self.window, self.timm = parse_variant(name)
+        self.window, self.timm, bf16 = parse_variant(name)
+        self.bf16 = bf16 or args.device.startswith("cuda")
         cfg = get_cfg()
         glid.add_glid_config(cfg)
         cfg.merge_from_file(os.path.join(ROOT, args.config_file))
@@ -118,6 +126,8 @@ class Variant:
         cfg.MODEL.SWIN.WINDOW_SIZE = self.window
         cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 32 * self.window
         cfg.MODEL.DEVICE = args.device
+        cfg.TEST.AMP.ENABLED = self.bf16
+        cfg.TEST.AMP.PRECISION = "bfloat16"
         torch.manual_seed(0)
         self.model = build_model(cfg)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -126,26 +136,36 @@ class Variant:
         g = torch.Generator().manual_seed(0)
         self.images = {s: torch.randn(1, 3, s, s, generator=g).to(args.device) for s in sizes}
 
+    def autocast(self):
+        """bfloat16 autocast of the model's device for ``-bf16`` variants (and on a GPU)."""
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
+
     def steps(self, size: int) -> dict:
         import torch
 
         model, inputs, image = self.model, self.inputs[size], self.images[size]
 
         def enc_infer():
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 model.backbone(image)
 
         def enc_train():
-            outputs = model.backbone(image)
+            with self.autocast():
+                outputs = model.backbone(image)
             sum(o.float().square().mean() for o in outputs.values()).backward()
             model.zero_grad(set_to_none=True)
 
-        def model_infer():
+        def model_infer():  # autocast inside the model (TEST.AMP), as in evaluation
             with torch.no_grad():
                 model(inputs[:1])
 
         def train_step():
-            losses = model(inputs)
+            with self.autocast():  # as GLIDAMPTrainer
+                losses = model(inputs)
             self.optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             self.optimizer.step()
@@ -176,12 +196,12 @@ def run(args) -> dict:
 
     sizes = args.sizes
     cuda = args.device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     print(f"machine: {machine_line(args.device)}", flush=True)
     print(
         f"config: {args.config_file} {' '.join(args.opts)}; train batch {args.batch}, inference "
-        f"batch 1; {'bf16 autocast' if cuda else 'float32'}; median of {args.repeats} "
+        f"batch 1; {'bf16 autocast' if cuda else 'float32 (-bf16: bf16 autocast)'}; "
+        f"median of {args.repeats} "
         f"alternating rounds after {args.warmup} warm-up round(s)",
         flush=True,
     )
@@ -199,7 +219,7 @@ def run(args) -> dict:
         start = time.perf_counter()
         for s in sizes:
             for v in variants:
-                with timm_blocks(v.model.backbone, v.timm), autocast:
+                with timm_blocks(v.model.backbone, v.timm):
                     for measure, fn in v.steps(s).items():
                         v.model.train(measure in ("enc_train", "train_step"))
                         if cuda:

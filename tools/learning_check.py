@@ -5,6 +5,8 @@ quick schedules.
 
     python tools/learning_check.py                       # every configs/learning_check/*.yaml
     python tools/learning_check.py --tasks sem           # only those tasks
+    python tools/learning_check.py --tasks sem SOLVER.AMP.ENABLED True TEST.AMP.ENABLED True
+                                                         # the same checks with config overrides
 
 Each config sets ``TEST.EXPECTED_RESULTS`` (``[[evaluator key, metric, value, tolerance]]``);
 detectron2's ``verify_results`` fails the run when a metric is off by more than the tolerance.
@@ -56,6 +58,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", help="only these MODEL.GLID.TASK values")
     parser.add_argument("--output-root", default=os.path.join(ROOT, "output", "learning_check"))
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides for every run (KEY VALUE ...)"
+    )
     args = parser.parse_args()
 
     from glid.data.synthetic import generate_synthetic_dataset
@@ -69,7 +74,7 @@ def main() -> int:
         out = os.path.join(args.output_root, os.path.splitext(os.path.basename(path))[0])
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        cmd = [sys.executable, "train_net.py", "--config-file", path, "OUTPUT_DIR", out]
+        cmd = [sys.executable, "train_net.py", "--config-file", path, *args.opts, "OUTPUT_DIR", out]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         # train_net exits non-zero when verify_results fails; the metrics are logged before.
