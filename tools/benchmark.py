@@ -20,8 +20,11 @@ is the config's (Swin-B) with random weights. ``--dry-run`` prints the sizes onl
 Each config runs in its own process (so its peak memory is its own), ``--rounds`` times, the
 configs alternating; each process times ``--warmup`` + ``--repeats`` rounds of [training step
 (forward, backward, optimizer step; ``--batch`` inputs), inference of one input] and reports
-medians. Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` of each phase (bf16
-autocast, as ``SOLVER.AMP``), on the CPU the process's peak resident size (float32).
+medians. Precision as ``train_net.py`` and the predictor use it: training under ``SOLVER.AMP``
+(the full configs: bfloat16 autocast, on the CPU too), inference under ``TEST.AMP`` (off by
+default: float32; add ``TEST.AMP.ENABLED True`` to the overrides for bfloat16); the table
+names both. Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` of each phase, on the CPU
+the process's peak resident size.
 
 Pixel decoders: for every pair of configs that differ only in ``MODEL.GLID.PIXEL_DECODER``
 (e.g. ``ade20k_sem_glid`` and ``ade20k_sem_glid_msdeformattn``), the MSDeformAttn / BiFPN time
@@ -128,39 +131,51 @@ def measure(
 
     from glid.data.datasets.register_synthetic import register_all_synthetic
     from glid.engine import build_optimizer
+    from glid.modeling.precision import autocast_dtype
 
     register_all_synthetic(data_root, prefix=PREFIX)
     cfg = load_cfg(config_file, opts)
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = cfg.MODEL.DEVICE == "cuda"
+    device = cfg.MODEL.DEVICE
+    cuda = device == "cuda"
     train_inputs, test_input = bench_inputs(cfg, batch)
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    # The precisions train_net and the predictor use: SOLVER.AMP for training (GLIDAMPTrainer),
+    # TEST.AMP for inference (inside the model, post-processing in float32).
+    train_dtype = None
+    if cfg.SOLVER.AMP.ENABLED:
+        train_dtype = autocast_dtype(cfg.SOLVER.AMP.PRECISION, "SOLVER.AMP.PRECISION", device)
+
+    def autocast(dtype):
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=dtype)
+
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     features = None
     if model.task.uses_decoder:  # the pixel decoder alone, on the test input's features
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(model.inference_dtype):
             features = model.backbone(model.preprocess_image([test_input]).tensor)
 
     def train_step():
-        with autocast:
+        with autocast(train_dtype):
             losses = model(train_inputs)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()
 
     def inference():
-        with torch.no_grad(), autocast:
+        with torch.no_grad():
             model([test_input])
 
     def decoder_fwd():
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(model.inference_dtype):
             model.pixel_decoder(features)
 
     def decoder_fwd_bwd():
-        with autocast:
+        with autocast(train_dtype):
             mask, maps = model.pixel_decoder({k: v.detach() for k, v in features.items()})
         outs = [m for m in [mask, *maps] if m is not None]
         sum(o.float().square().mean() for o in outs).backward()
@@ -192,6 +207,8 @@ def measure(
     result["train_hw"] = sorted({tuple(x["image"].shape[-2:]) for x in train_inputs})
     result["test_hw"] = list(test_input["image"].shape[-2:])
     result["device"] = cfg.MODEL.DEVICE
+    result["train_dtype"] = str(train_dtype or torch.float32).removeprefix("torch.")
+    result["inference_dtype"] = str(model.inference_dtype or torch.float32).removeprefix("torch.")
     return result
 
 
@@ -327,9 +344,14 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def _short(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+
+
 def print_table(summary: dict) -> None:
     gpu = any("train_step_gib" in r for r in summary.values())
     head = f"\n{'config':<46} {'task':>5} {'decoder':>12} {'train HxW':>11} {'test HxW':>10}"
+    head += f" {'train/infer dtype':>17}"
     head += f" {'infer s':>8} {'train s':>8} {'dec fwd s':>9} {'dec f+b s':>9}"
     head += f" {'infer GiB':>9} {'train GiB':>9}" if gpu else f" {'peak RSS GiB':>12}"
     print(head)
@@ -338,6 +360,7 @@ def print_table(summary: dict) -> None:
         test_hw = "x".join(str(v) for v in r["test_hw"])
         line = f"{os.path.basename(c):<46} {r['task']:>5} {r['pixel_decoder']:>12}"
         line += f" {train_hw:>11} {test_hw:>10}"
+        line += f" {_short(r['train_dtype']) + '/' + _short(r['inference_dtype']):>17}"
         line += "".join(
             f" {r[k]:>{8 if i < 2 else 9}.3f}" if k in r else f" {'-':>{8 if i < 2 else 9}}"
             for i, k in enumerate(TIMES)
