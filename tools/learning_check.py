@@ -5,7 +5,7 @@ quick schedules.
 
     python tools/learning_check.py                       # every configs/learning_check/*.yaml
     python tools/learning_check.py --tasks sem           # only those tasks
-    python tools/learning_check.py --tasks sem SOLVER.AMP.ENABLED True TEST.AMP.ENABLED True
+    python tools/learning_check.py --tasks sem -- SOLVER.AMP.ENABLED True TEST.AMP.ENABLED True
                                                          # the same checks with config overrides
 
 Each config sets ``TEST.EXPECTED_RESULTS`` (``[[evaluator key, metric, value, tolerance]]``);
@@ -59,15 +59,26 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", help="only these MODEL.GLID.TASK values")
     parser.add_argument("--output-root", default=os.path.join(ROOT, "output", "learning_check"))
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides for every run (KEY VALUE ...)"
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides for every run (KEY VALUE ...; after -- when --tasks is given)",
     )
     args = parser.parse_args()
+    args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
 
     from glid.data.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset()
     rows, failed = [], False
-    for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))):
+    configs = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+    checked = {config_task(p)[0] for p in configs}
+    unknown = sorted(set(args.tasks or ()) - checked)
+    if unknown:
+        parser.error(
+            f"no learning check for task(s) {unknown} (have {sorted(checked)}); config "
+            "overrides go after --"
+        )
+    for path in configs:
         task, expected, _ = config_task(path)
         if args.tasks and task not in args.tasks:
             continue
