@@ -168,9 +168,11 @@ def main() -> None:
         return
 
     activation = None if args.activation == "none" else "silu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
-        devices.remove("cuda")
+        devices.remove("cuda")  # --device all on a machine without a GPU
     shapes = SHAPES if args.two_inputs else [s for s in SHAPES if s[0] == 3]
 
     print(

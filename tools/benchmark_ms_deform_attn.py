@@ -7,7 +7,9 @@ Mask2Former's MSDeformAttn pixel decoder at a 640x640 input: levels (80, 80), (4
 Sampling locations: ``m2f`` (default) places each query's reference point at its own pixel centre
 and adds the MSDeformAttn offset pattern (head direction x (p+1) pixels, as at initialization)
 plus 1 px of Gaussian noise, i.e. the access pattern of the real encoder; ``uniform`` draws them
-uniformly in [0, 1] (worst case for caches). ``--locations both`` runs both.
+uniformly in [0, 1] (worst case for caches). ``--locations both`` runs both. The inputs are
+the pixel decoder's: ``value`` in the row's dtype (fp32 or bf16), sampling locations and
+attention weights in fp32, the level tables on the host.
 
 Measured, in the same run, for each batch size and mode (forward; forward+backward):
   * time: median of --iters runs after --warmup runs (CPU: wall clock; CUDA: CUDA events);
@@ -90,9 +92,11 @@ def make_inputs(n: int, locations: str, dtype: torch.dtype, device: str, seed: i
         loc = torch.rand(n, s, HEADS, levels, POINTS, 2, generator=gen)
     attn = torch.rand(n, s, HEADS, levels * POINTS, generator=gen).softmax(-1)
     attn = attn.view(n, s, HEADS, levels, POINTS)
-    tensors = {"value": value, "loc": loc, "attn": attn}
-    out = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
-    out["ss"], out["lsi"] = ss.to(device), lsi.to(device)
+    # As the pixel decoder calls it: value in ``dtype``, locations and weights in float32 (under
+    # autocast too), the level tables on the host (no device-to-host copy per call).
+    out = {"value": value.to(device=device, dtype=dtype)}
+    out["loc"], out["attn"] = loc.to(device), attn.to(device)
+    out["ss"], out["lsi"] = ss, lsi
     out["grad"] = torch.randn(n, s, HEADS * CHANNELS, generator=gen).to(device=device, dtype=dtype)
     return out
 
