@@ -45,6 +45,29 @@ def test_semantic_inference_crops_padding_and_resizes(sem_task):
     assert (out.argmax(0) == 2).all()
 
 
+def test_semantic_inference_resizes_mask_logits_before_the_sigmoid(sem_task):
+    """Mask2Former's order: crop + bilinear resize of the mask logits, then sigmoid and the
+    class sum (resizing the scores instead gives 0.75 where Mask2Former gives 0.993)."""
+    logits = torch.tensor([[0.0, 20.0, 0.0, -20.0]])  # class 1, no-object improbable
+    masks = torch.tensor([[[10.0, -10.0]]])  # one query, one row of 2 pixels
+    out = sem_task.inference_single(logits, masks, (1, 2), (1, 4))["sem_seg"]
+    # Output x = 1 samples input x = 0.25 (align_corners False): logit 0.75*10 - 0.25*10 = 5.
+    expected = torch.sigmoid(torch.tensor([10.0, 5.0, -5.0, -10.0]))
+    torch.testing.assert_close(out[1, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_crop_and_resize_is_detectron2s_postprocess():
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    from glid.modeling.tasks.mask_classification import crop_and_resize
+
+    x = torch.randn(3, 8, 10)
+    for image_size, output_size in [((6, 7), (6, 7)), ((6, 7), (12, 5)), ((8, 10), (8, 10))]:
+        got = crop_and_resize(x, image_size, output_size)
+        assert torch.equal(got, sem_seg_postprocess(x, image_size, *output_size))
+        assert got.shape == (3, *output_size)
+
+
 def test_attention_mask_of_mask_classification(sem_task):
     pred = torch.tensor([[[[3.0, -3.0], [-3.0, 3.0]]]])  # (1, 1, 2, 2)
     blocked = sem_task.attention_mask({"pred_masks": pred}, (2, 2))

@@ -14,12 +14,11 @@ from collections.abc import Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..box_ops import masks_to_boxes
 from .build import register_task
-from .mask_classification import MaskClassificationTask
+from .mask_classification import MaskClassificationTask, crop_and_resize
 
 __all__ = ["InstanceSegmentationTask", "instance_inference"]
 
@@ -101,5 +100,5 @@ class InstanceSegmentationTask(MaskClassificationTask):
         """``{"instances": Instances}`` at the original ``height`` x ``width``: the mask logits
         are cropped to the valid region and resized to it before thresholding (boxes in its
         pixels)."""
-        mask_logits = sem_seg_postprocess(mask_logits, image_size, *output_size)
+        mask_logits = crop_and_resize(mask_logits, image_size, output_size)
         return {"instances": instance_inference(logits, mask_logits, self.topk)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..criterion import SetCriterion, check_class_ids
@@ -19,7 +20,24 @@ from ..losses import PointMaskLoss, SoftmaxClassLoss
 from ..matcher import HungarianMatcher, PointMaskCost, SoftmaxClassCost
 from .base import DecoderInputs, GLIDTask
 
-__all__ = ["MaskClassificationTask", "build_mask_criterion", "targets_from_instances"]
+__all__ = [
+    "MaskClassificationTask",
+    "build_mask_criterion",
+    "crop_and_resize",
+    "targets_from_instances",
+]
+
+
+def crop_and_resize(
+    x: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int]
+) -> torch.Tensor:
+    """detectron2's ``sem_seg_postprocess``: (C, Hp, Wp) maps cropped to the valid ``image_size``
+    and resized (bilinear) to ``output_size``; the crop alone when the sizes are equal (a
+    same-size bilinear resize is the identity, and on a 150-class 512x512 map costs 0.1 s)."""
+    h, w = image_size
+    if (int(h), int(w)) == (int(output_size[0]), int(output_size[1])):
+        return x[:, :h, :w]
+    return sem_seg_postprocess(x, image_size, *output_size)
 
 
 def build_mask_criterion(cfg) -> SetCriterion:

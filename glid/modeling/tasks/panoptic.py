@@ -14,11 +14,10 @@ from collections.abc import Collection
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from .build import register_task
 from .instance import instance_inference
-from .mask_classification import MaskClassificationTask
+from .mask_classification import MaskClassificationTask, crop_and_resize
 from .semantic import semantic_inference
 
 __all__ = ["PanopticSegmentationTask", "panoptic_inference", "thing_classes_of"]
@@ -188,7 +187,7 @@ class PanopticSegmentationTask(MaskClassificationTask):
         (C, H, W) scores, ``instances`` of thing classes only, as enabled."""
         if self.thing_classes is None and (self.panoptic_on or self.instance_on):
             raise KeyError(self.things_unknown)
-        mask_logits = sem_seg_postprocess(mask_logits, image_size, *output_size)
+        mask_logits = crop_and_resize(mask_logits, image_size, output_size)
         results = {}
         if self.panoptic_on:
             results["panoptic_seg"] = panoptic_inference(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from .build import register_task
-from .mask_classification import MaskClassificationTask
+from .mask_classification import MaskClassificationTask, crop_and_resize
 
 __all__ = ["SemanticSegmentationTask", "semantic_inference"]
 
@@ -39,6 +38,7 @@ class SemanticSegmentationTask(MaskClassificationTask):
         image_size: tuple[int, int],
         output_size: tuple[int, int],
     ) -> dict:
-        """``{"sem_seg": (C, height, width) scores}``."""
-        scores = semantic_inference(logits, mask_logits)
-        return {"sem_seg": sem_seg_postprocess(scores, image_size, *output_size)}
+        """``{"sem_seg": (C, height, width) scores}``; as Mask2Former, the mask logits are cropped
+        to the valid region and resized to ``height`` x ``width`` before the sigmoid."""
+        mask_logits = crop_and_resize(mask_logits, image_size, output_size)
+        return {"sem_seg": semantic_inference(logits, mask_logits)}
