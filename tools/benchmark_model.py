@@ -6,11 +6,19 @@ optimizer step), on a fixed batch of label-map images, on the CPU or a GPU.
     python tools/benchmark_model.py --config-file configs/ade20k_sem_glid.yaml --size 512 \
         --batch 1 --repeats 3
     python tools/benchmark_model.py ... --compare-repo /tmp/glid_before   # A/B in one run
+    python tools/benchmark_model.py --config-file configs/ade20k_sem_glid.yaml --size 512 \
+        --batch 1 --compare-repo /tmp/glid_before --compare-opts "SOLVER.AMP.ENABLED False" \
+        SOLVER.AMP.ENABLED True TEST.AMP.ENABLED True    # bf16 here against float32 there
 
 With ``--compare-repo`` the same measurement runs, alternating, on another checkout of GLID (for
 instance a ``git worktree`` of an older commit, with its ``glid/_C`` built) in a subprocess, and
-the ratio other / this is printed. The batch is made of images whose label map has a few classes
-in blocks, so the mask-classification targets are realistic in count and area.
+the ratio other / this is printed; ``--compare-opts`` replaces the overrides there (config
+keys differ between checkouts). Precision follows the config as ``train_net.py`` and the
+predictor use it: the training step under ``SOLVER.AMP``'s autocast (bfloat16 on the CPU;
+before ``SOLVER.AMP.PRECISION`` existed AMP was CUDA float16 only, so a checkout without the key
+trains in float32 on the CPU), inference under the model's own ``TEST.AMP``. The batch is
+made of images whose label map has a few classes in blocks, so the mask-classification targets
+are realistic in count and area.
 """
 
 from __future__ import annotations
@@ -82,9 +90,14 @@ def measure(config_file: str, opts: list[str], size: int, batch: int, repeats: i
     inputs = make_batch(batch, size, num_classes)
     optimizer = build_optimizer(cfg, model)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    amp_dtype = None
+    if cfg.SOLVER.AMP.ENABLED and (model.device.type == "cuda" or "PRECISION" in cfg.SOLVER.AMP):
+        amp_dtype = dtypes[cfg.SOLVER.AMP.get("PRECISION", "float16")]
 
     def train_step():
-        losses = model(inputs)
+        with torch.autocast(model.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            losses = model(inputs)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -103,7 +116,11 @@ def measure(config_file: str, opts: list[str], size: int, batch: int, repeats: i
             sync()
             if i:
                 times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["train_dtype"] = str(amp_dtype or torch.float32).removeprefix("torch.")
+    inference_dtype = getattr(model, "inference_dtype", None) or torch.float32
+    result["inference_dtype"] = str(inference_dtype).removeprefix("torch.")
+    return result
 
 
 def main() -> None:
@@ -114,6 +131,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1, help="alternating A/B rounds")
     parser.add_argument("--compare-repo", help="another GLID checkout to time in the same run")
+    parser.add_argument(
+        "--compare-opts", help='overrides for --compare-repo instead of OPTS, e.g. "K1 V1 K2 V2"'
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line (internal)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
@@ -122,12 +142,12 @@ def main() -> None:
         print(json.dumps(measure(config, args.opts, args.size, args.batch, args.repeats)))
         return
 
-    def run_in(repo: str) -> dict:
+    def run_in(repo: str, opts: list[str]) -> dict:
         # A relative config path is taken in each checkout (config keys may differ between them).
         config = os.path.join(repo, args.config_file)
         cmd = [sys.executable, os.path.abspath(__file__), "--json", "--config-file", config]
         cmd += ["--size", str(args.size), "--batch", str(args.batch)]
-        cmd += ["--repeats", str(args.repeats), *args.opts]
+        cmd += ["--repeats", str(args.repeats), *opts]
         env = dict(os.environ, PYTHONPATH=repo)
         out = subprocess.run(cmd, env=env, cwd=repo, check=True, capture_output=True, text=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -135,15 +155,22 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"config: {args.config_file} {' '.join(args.opts)}; {args.size}x{args.size}, "
           f"train batch {args.batch}, inference batch 1, median of {args.repeats}")  # fmt: skip
-    repos = [("this", ROOT)] + ([("other", args.compare_repo)] if args.compare_repo else [])
-    results = {name: [] for name, _ in repos}
+    other_opts = args.opts if args.compare_opts is None else args.compare_opts.split()
+    repos = [("this", ROOT, args.opts)]
+    repos += [("other", args.compare_repo, other_opts)] if args.compare_repo else []
+    results = {name: [] for name, *_ in repos}
     for _ in range(args.rounds):
-        for name, repo in repos:
-            results[name].append(run_in(repo))
+        for name, repo, opts in repos:
+            results[name].append(run_in(repo, opts))
     summary = {
-        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        name: {
+            k: statistics.median(r[k] for r in rs) if k.endswith("_s") else rs[0][k] for k in rs[0]
+        }
         for name, rs in results.items()
     }
+    for name, *_ in repos:
+        r = summary[name]
+        print(f"{name}: training {r['train_dtype']}, inference {r['inference_dtype']}")
     for key in ("inference_s", "train_step_s"):
         line = f"{key:>14}: this {summary['this'][key]:.3f}"
         if args.compare_repo:
