@@ -379,6 +379,18 @@ def test_msdeformattn_encoder_inputs_and_fpn_output(monkeypatch):
     assert [tuple(m.shape[-2:]) for m in multi_scale] == [(2, 3), (4, 6), (8, 12)]
 
 
+def test_msdeformattn_maps_come_back_to_their_pixels(monkeypatch):
+    """With identity encoder layers the multi-scale outputs are the projected inputs: the
+    flattened tokens are split per level and put back at their own (channel, y, x)."""
+    cfg, backbone, decoder = _msdeform_decoder("MODEL.GLID.MSDEFORMATTN.NUM_LAYERS", 1)
+    monkeypatch.setattr(msdeformattn.MSDeformAttnEncoderLayer, "forward", lambda self, s, *a: s)
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 96))
+        _, multi_scale = decoder.eval()(feats, with_mask_features=False)
+        for i, name in enumerate(["res5", "res4", "res3"]):
+            assert torch.equal(multi_scale[i], decoder.input_proj[i](feats[name])), name
+
+
 def test_msdeformattn_decoder_runs_in_float64():
     """The decoder runs in float64 (as gradchecks and float64 references need): locations and
     weights at least float32, never below the features' precision."""

@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
-from detectron2.structures import BoxMode
 
 from glid.data.datasets.ade20k_meta import (
     ADE20K_150_CLASSES,
@@ -144,8 +143,7 @@ def load_ade20k_instance_json(json_file: str, image_dir: str) -> list[dict]:
     dicts = load_coco_json(json_file, image_dir)
     for record in dicts:
         for obj in record["annotations"]:
-            obj["category_id"] = id_map[obj["category_id"]]
-            obj.setdefault("bbox_mode", BoxMode.XYWH_ABS)
+            obj["category_id"] = id_map[obj["category_id"]]  # load_coco_json set bbox_mode
     return dicts
 
 
