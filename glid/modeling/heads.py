@@ -8,6 +8,9 @@ from torch import nn
 __all__ = ["LinearTaskHead"]
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 class LinearTaskHead(nn.Linear):
     """``nn.Linear(in_features, sum(splits))`` whose output is split into named answers.
 
@@ -21,6 +24,12 @@ class LinearTaskHead(nn.Linear):
             raise ValueError(f"head splits must be positive sizes, got {splits}")
         super().__init__(in_features, sum(splits.values()))
         self.splits = dict(splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32 under autocast too: the answers are box deltas, keypoint and bin
+        # embeddings, logits (bfloat16 keeps 3 significant digits); the layer is tiny.
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float() if x.dtype in _LOW_PRECISION else x)
 
     def split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., D) decoder outputs -> ``{name: (..., size)}``."""
