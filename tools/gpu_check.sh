@@ -23,11 +23,12 @@
 #      FAILS if any failed or errored, and if none passed (pytest itself exits 0 when all skip);
 #   4. the model: tools/gpu_model_check.py, Swin-B semantic segmentation with both pixel decoders,
 #      one training step and inference each in fp32 and bf16 autocast;
-#   5. the op benchmarks (tools/benchmark_ms_deform_attn.py, tools/benchmark_bifpn_fusion.py).
+#   5. the op benchmarks (tools/benchmark_ms_deform_attn.py, tools/benchmark_bifpn_fusion.py);
+#   6. the Swin window benchmark of the whole semantic model in bf16 (tools/benchmark_window.py).
 #
 # Everything goes to ${OUT:-/tmp/glid_gpu_check}, in 8 files (the most the device tool brings
 # back): summary.txt, env.txt (versions, nvidia-smi, the wheels installed), build.log,
-# pytest_cuda.log, model_check.log / .txt / .json, benchmarks.log (both ops). Budget:
+# pytest_cuda.log, model_check.log / .txt / .json, benchmarks.log (stages 5 and 6). Budget:
 # GLID_GPU_CHECK_BUDGET_S (default 420 s) for all stages, each capped by what is left (plus <= 5 s
 # to die) and not started once it is spent, so the whole check stays under 8 minutes.
 # Exit status 0 only if every stage passed.
@@ -430,6 +431,21 @@ run_stage "benchmark ms_deform_attn (${msda_args[*]})" 120 "$OUT/benchmarks.log"
 echo >> "$OUT/benchmarks.log"
 run_stage "benchmark bifpn_fusion (${bifpn_args[*]})" 60 "$OUT/benchmarks.log" \
   "$PY" tools/benchmark_bifpn_fusion.py "${bifpn_args[@]}"
+
+# ---- 6. Swin window / whole model in bf16 (issue 14's GPU row) ----------------------------------
+if [ "$DRY_RUN" = 1 ]; then
+  window_args=(--device cpu --config-file configs/quickstart/glid_synth_sem_tiny.yaml --sizes 64
+    --windows 7-timm 7 8 --repeats 1 --warmup 0 --no-flops)
+else
+  window_args=(--device cuda --sizes 512 640 --windows 7-timm 7 8 12 --repeats 3 --warmup 1)
+fi
+echo >> "$OUT/benchmarks.log"
+if (($(stage_limit 90) < 10)); then  # a timing extra: skipped, not failed, when time is short
+  log "SKIP benchmark Swin windows: the ${BUDGET_S} s budget is spent"
+else
+  run_stage "benchmark Swin windows, whole model (${window_args[*]})" 90 "$OUT/benchmarks.log" \
+    "$PY" tools/benchmark_window.py "${window_args[@]}"
+fi
 
 rm -rf "$SCRATCH"
 log "done in $(($(date +%s) - START_S)) s, status $STATUS;" \
