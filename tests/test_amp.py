@@ -136,3 +136,11 @@ def test_task_head_answers_in_float32_under_autocast():
     want = torch.nn.functional.linear(x.float(), head.weight, head.bias)
     assert all(a.dtype == torch.float32 for a in answers.values())
     assert torch.equal(torch.cat(list(answers.values()), -1), want)
+
+
+def test_bfloat16_training_never_scales_the_loss(tiny_cfg, monkeypatch):
+    """On a GPU machine too (detectron2's default scaler would switch itself on there)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model = build_model(tiny_cfg)
+    loop = GLIDAMPTrainer(model, [], build_optimizer(tiny_cfg, model), precision=torch.bfloat16)
+    assert not loop.grad_scaler.is_enabled()

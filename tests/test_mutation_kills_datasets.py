@@ -59,3 +59,17 @@ def test_synthetic_registration_metadata(synth_root):
     assert kp.json_file == os.path.join(d, "annotations", "person_keypoints_val.json")
     persons = DatasetCatalog.get(f"{prefix}_keypoints_val")
     assert persons and all(len(a["keypoints"]) == 51 for r in persons for a in r["annotations"])
+
+
+def test_ade20k_instance_json_with_other_categories_is_named(tmp_path):
+    import json
+    import re
+
+    from glid.data.datasets.ade20k_meta import ADE20K_THING_IDS
+    from glid.data.datasets.register_ade20k import load_ade20k_instance_json
+
+    path = tmp_path / "ins.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1}]}))
+    first = ADE20K_THING_IDS[:4]
+    with pytest.raises(ValueError, match=re.escape(f"(0-based: {first}...), got [1]... (1 ids)")):
+        load_ade20k_instance_json(str(path), str(tmp_path))

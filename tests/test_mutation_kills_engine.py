@@ -66,3 +66,10 @@ def test_train_dataset_dicts_names_a_dataset_that_is_not_a_list(synth_root):
     cfg = tiny_task_cfg("sem", "DATASETS.TRAIN", f"('{name}',)")
     with pytest.raises(TypeError, match=f"training dataset {name} must be a list of dicts"):
         train_dataset_dicts(cfg)
+
+
+def test_load_proposals_is_refused(synth_root):
+    """GLID has no proposal stage: loaded proposals would be ignored silently."""
+    cfg = tiny_task_cfg("sem", "MODEL.LOAD_PROPOSALS", "True")
+    with pytest.raises(ValueError, match="MODEL.LOAD_PROPOSALS is set, but GLID has no proposal"):
+        train_dataset_dicts(cfg)

@@ -307,20 +307,19 @@ def train_dataset_dicts(cfg) -> list[dict]:
     """
     fraction = cfg.DATASETS.TRAIN_FRACTION
     names = list(cfg.DATASETS.TRAIN)
-    proposal_files = (
-        list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if cfg.MODEL.LOAD_PROPOSALS else [None] * len(names)
-    )
-    if len(proposal_files) != len(names):
-        raise ValueError(f"DATASETS.PROPOSAL_FILES_TRAIN needs one file per DATASETS.TRAIN {names}")
+    if cfg.MODEL.LOAD_PROPOSALS:  # they would be loaded and then ignored by every mapper
+        raise ValueError(
+            "MODEL.LOAD_PROPOSALS is set, but GLID has no proposal stage (its queries take "
+            "that role); set it False and leave DATASETS.PROPOSAL_FILES_TRAIN empty"
+        )
     dicts = []
-    for name, proposal_file in zip(names, proposal_files):
+    for name in names:
         part = get_detection_dataset_dicts(
             name,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=(
                 cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
             ),
-            proposal_files=None if proposal_file is None else [proposal_file],
         )
         if not isinstance(part, list):
             raise TypeError(f"training dataset {name} must be a list of dicts, is {type(part)}")
