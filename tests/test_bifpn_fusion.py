@@ -351,6 +351,39 @@ def test_cuda_weight_grad_same_for_aligned_and_unaligned_views(dtype, size):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_forward_element_path_equals_vector_path(dtype):
+    # The op called on views one element off (not 16-byte aligned: the forward's element-wise
+    # kernel) and on the same data aligned (the vector kernel): bitwise equal outputs.
+    size = 3 * 50001
+    xs, w, _ = make_case(3, (size,), dtype, weights="positive", device="cuda")
+    views = []
+    for t in xs:
+        buf = torch.empty(size + 1, device="cuda", dtype=dtype)
+        views.append(buf[1:])
+        views[-1].copy_(t)
+    assert all(v.data_ptr() % 16 != 0 for v in views)
+    aligned = torch.ops.glid.fast_fusion_forward(xs, w, 1e-4, True)
+    unaligned = torch.ops.glid.fast_fusion_forward(views, w, 1e-4, True)
+    assert torch.equal(aligned, unaligned)
+
+
+@needs_ext
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_several_tiles_per_block_match_the_reference():
+    # The grid holds at most 8 blocks per SM and a float64 tile is 2048 elements: this size
+    # makes every block take 3-4 tiles (the tile loop, its shared-memory reuse) and the
+    # forward's grid-stride loop go round several times; output and every gradient checked.
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    size = 3 * 8 * sms * 2048 + 5
+    xs, w, gout = make_case(3, (size,), torch.float64, weights="positive", device="cuda")
+    assert_matches_reference(xs, w, gout, "silu", torch.float64)
+
+
+@needs_ext
 @pytest.mark.cuda
 @cuda_only
 def test_cuda_weight_grad_as_accurate_as_eager_fp32_when_terms_cancel():

@@ -920,6 +920,46 @@ def test_cuda_graph_capture(deterministic):
 
 @pytest.mark.cuda
 @needs_cuda
+def test_cuda_graph_capture_refuses_more_than_16_levels():
+    """Beyond 16 levels the level table is copied from pinned host memory, which a replay would
+    read after it was freed: capture is refused with a message (eager calls work)."""
+    value, loc, attn, ss, lsi = make_inputs(
+        2, 3, 2, 4, MANY_LEVELS, 2, dtype=torch.float32, device="cuda"
+    )
+    ss, lsi = ss.cpu(), lsi.cpu()
+    ms_deform_attn(value, ss, lsi, loc, attn)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError) as info:
+        with torch.cuda.graph(graph):
+            ms_deform_attn(value, ss, lsi, loc, attn)
+    chain, e = [], info.value  # the graph's own exit may raise on top of the op's error
+    while e is not None:
+        chain.append(str(e))
+        e = e.__context__
+    assert any("cannot be captured in a CUDA graph" in m for m in chain), chain
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_off_map_points_with_non_finite_weights_match_the_cpu(deterministic):
+    """A point off the map samples nothing: zero location / weight gradients whatever its
+    weight (NaN, inf), as the CPU kernel; the forward skips it in both."""
+    value, loc, attn, ss, lsi = make_inputs(2, 5, 2, 4, [(3, 4), (2, 2)], 3, seed=6)
+    loc[0, 1, 0, 0, :2] = 5.0  # two points of one (query, head, level) off the map
+    attn[0, 1, 0, 0, 0], attn[0, 1, 0, 0, 1] = float("nan"), float("inf")
+    out_cpu, grads_cpu = run_with_grads(ms_deform_attn, value, loc, attn, ss, lsi)
+    assert (grads_cpu[1][0, 1, 0, 0, :2] == 0).all() and torch.isfinite(out_cpu).all()
+    on_gpu = [t.cuda() for t in (value, loc, attn)]
+    out, grads = run_with_grads(ms_deform_attn, *on_gpu, ss, lsi, deterministic=deterministic)
+    torch.testing.assert_close(out.cpu(), out_cpu, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, grads_cpu):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_pixel_decoder_attention_makes_no_sync():
     pytest.importorskip("detectron2")
     from glid.modeling.pixel_decoder.msdeformattn import MSDeformAttn, encoder_reference_points

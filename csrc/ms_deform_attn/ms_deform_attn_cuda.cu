@@ -25,6 +25,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -193,12 +194,16 @@ __global__ void __launch_bounds__(kThreads)
         s_h = group_sum(s_h, G, mask);
         s_w = group_sum(s_w, G, mask);
         if (lane == 0) {
-          if (sample == msda::Sample::kNonFinite) {
-            const loc_t nan = std::numeric_limits<loc_t>::quiet_NaN();
-            grad_attn[i] = nan;
-            grad_loc[2 * i] = nan;
-            grad_loc[2 * i + 1] = nan;
-          } else {  // zero sums for a sample off the map
+          if (sample != msda::Sample::kOn) {
+            // As the CPU kernel: zeros off the map (even for a NaN / inf weight, which the
+            // forward skips there too), NaN for a non-finite location.
+            const loc_t fill = sample == msda::Sample::kOff
+                                   ? loc_t(0)
+                                   : std::numeric_limits<loc_t>::quiet_NaN();
+            grad_attn[i] = fill;
+            grad_loc[2 * i] = fill;
+            grad_loc[2 * i + 1] = fill;
+          } else {
             grad_attn[i] = static_cast<loc_t>(s_attn);
             // pixel = loc * size - 0.5
             grad_loc[2 * i] = static_cast<loc_t>(a * s_w * static_cast<acc_t>(W));
@@ -325,6 +330,11 @@ LevelTable make_level_table(const msda::Levels& lv, const at::Device& device,
   int64_t* entries = t.inline_;
   int64_t stride = kMaxLevels;
   if (!inline_table) {
+    // A captured copy would read this pinned buffer again at every replay, after it was freed.
+    const bool capturing =
+        c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+    TORCH_CHECK(!capturing, "ms_deform_attn: more than ", kMaxLevels, " levels (", lv.L,
+                ") cannot be captured in a CUDA graph (their table is copied from the host)");
     host = at::empty({4 * lv.L}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     entries = host.data_ptr<int64_t>();
     stride = lv.L;

@@ -54,8 +54,9 @@ reproducible for a given number of threads). The CUDA backward accumulates ``gra
 float atomics into a float32 buffer by default (fast, not bitwise reproducible). Its
 deterministic variant uses no float atomics: the samples are keyed by the value cell of their
 top-left corner, stably sorted, and one thread group per value cell sums the contributions in
-that fixed order (bitwise reproducible run to run; extra memory ~4 int64 per sampling point plus
-the sort, and slower). It is used when ``deterministic=True`` is passed to
+that fixed order (bitwise reproducible run to run; extra memory ~4 int64 per sampling point,
+~2 int64 per cell of the (H+1) x (W+1) padded grids of every (batch, head), and the sort's;
+slower). It is used when ``deterministic=True`` is passed to
 :func:`ms_deform_attn`, or, when ``deterministic`` is left ``None``, if
 :func:`set_deterministic_backward` is on or ``torch.use_deterministic_algorithms(True)`` is in
 effect. The choice is made at the forward call and is an argument of the op, so
