@@ -1,0 +1,197 @@
+"""The CUDA kernels' logic, run on the CPU by a thread-grid emulator (tests/cuda_emulation).
+
+The kernels and their launch sequence (csrc/*/..._cuda_kernels.cuh) are compiled as host C++
+with tests/cuda_emulation/cuda_emulator.h, which runs each block's threads as fibers and checks
+the warp-shuffle and __syncthreads contracts. Every launch can be capped to fewer blocks than it
+asks for, so the grid-stride loops take several strides. This does not replace the CUDA tests
+(tests marked ``cuda``, run on a GPU by tools/gpu_check.sh): it cannot see the memory model,
+timing or the device compiler's arithmetic. It does run the index arithmetic, thread mapping,
+border handling, shuffles and both backward algorithms against the float64 reference on every
+machine, GPU or not.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+from glid.layers.ms_deform_attn import ms_deform_attn_reference
+from tests.test_ms_deform_attn import (
+    MANY_LEVELS,
+    assert_close_to_reference,
+    check_half_value_fp32_locations,
+    check_non_finite_locations_propagate_nan,
+    make_inputs,
+    run_with_grads,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMULATION_DIR = os.path.join(REPO, "tests", "cuda_emulation")
+
+
+@functools.cache
+def emulated(name: str):
+    """Builds (once, cached in build/cuda_emulation) and imports an emulated-kernel extension."""
+    from torch.utils.cpp_extension import load
+
+    build_dir = os.path.join(REPO, "build", "cuda_emulation")
+    os.makedirs(build_dir, exist_ok=True)
+    return load(
+        f"glid_{name}_emulated",
+        [os.path.join(EMULATION_DIR, f"{name}_emulated.cpp")],
+        extra_include_paths=[os.path.join(REPO, "csrc"), EMULATION_DIR],
+        extra_cflags=["-O1"],
+        build_directory=build_dir,
+    )
+
+
+class _EmulatedMSDA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, ss, lsi, loc, attn, deterministic, max_blocks):
+        ctx.save_for_backward(value, ss, lsi, loc, attn)
+        ctx.options = (deterministic, max_blocks)
+        return emulated("ms_deform_attn").forward(value, ss, lsi, loc, attn, max_blocks)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        value, ss, lsi, loc, attn = ctx.saved_tensors
+        grads = emulated("ms_deform_attn").backward(
+            value, ss, lsi, loc, attn, grad_out.contiguous(), *ctx.options
+        )
+        return grads[0], None, None, grads[1], grads[2], None, None
+
+
+def msda_emulated(value, ss, lsi, loc, attn, deterministic=False, max_blocks=0):
+    """ms_deform_attn through the emulated CUDA kernels (signature of glid's op)."""
+    return _EmulatedMSDA.apply(value, ss, lsi, loc, attn, deterministic, max_blocks)
+
+
+# (N, Lq, M, D, shapes, P): D = 1 / 3 (groups of 1 / 4 lanes, several per warp), 32 (one warp),
+# 33 / 71 (lanes stride over channels), group counts that leave a warp part-full.
+CASES = [
+    (1, 5, 3, 30, [(1, 1), (3, 5), (6, 4)], 3),
+    (3, 7, 2, 1, [(2, 7), (1, 1)], 2),
+    (2, 5, 3, 3, [(4, 4), (2, 3)], 3),
+    (2, 4, 2, 32, [(4, 4), (2, 3)], 2),
+    (1, 3, 2, 71, [(5, 3)], 2),
+    (2, 3, 1, 33, [(3, 3), (2, 2)], 4),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"N{c[0]}-D{c[3]}-L{len(c[4])}")
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("max_blocks", [0, 1])
+def test_emulated_kernels_match_reference_float64(case, deterministic, max_blocks):
+    n, lq, m, d, shapes, p = case
+    value, loc, attn, ss, lsi = make_inputs(n, lq, m, d, shapes, p, seed=n * 100 + d)
+    fn = functools.partial(msda_emulated, deterministic=deterministic, max_blocks=max_blocks)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_low_precision_matches_reference(dtype, deterministic):
+    value, loc, attn, ss, lsi = make_inputs(2, 5, 2, 8, [(4, 5), (2, 2)], 3, seed=5)
+    value = value.to(dtype)
+    loc, attn = loc.float(), attn.float()
+    fn = functools.partial(msda_emulated, deterministic=deterministic)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+    assert out.dtype == dtype and grads[0].dtype == dtype and grads[1].dtype == torch.float32
+    out_ref, grads_ref = run_with_grads(
+        ms_deform_attn_reference, value.double(), loc.double(), attn.double(), ss, lsi
+    )
+    tol = 4 * torch.finfo(dtype).eps
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_half_value_keeps_float32_locations_exact(dtype):
+    check_half_value_fp32_locations(functools.partial(msda_emulated, max_blocks=4), dtype)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_non_finite_locations_propagate_nan(deterministic):
+    check_non_finite_locations_propagate_nan(msda_emulated, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_many_levels_use_the_device_table(deterministic):
+    value, loc, attn, ss, lsi = make_inputs(2, 3, 2, 3, MANY_LEVELS, 2, seed=4)
+    fn = functools.partial(msda_emulated, deterministic=deterministic)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_emulated_deterministic_backward_is_independent_of_the_grid():
+    """The gather's summation order is fixed by the sorted samples, not by which block runs a
+    cell: any grid gives bitwise the same float32 gradients."""
+    value, loc, attn, ss, lsi = make_inputs(
+        2, 30, 2, 8, [(5, 6), (3, 3)], 4, dtype=torch.float32, seed=9, lo=0.3, hi=0.5
+    )
+    results = [
+        run_with_grads(
+            functools.partial(msda_emulated, deterministic=True, max_blocks=b),
+            value,
+            loc,
+            attn,
+            ss,
+            lsi,
+        )[1]
+        for b in (0, 1, 3)
+    ]
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_emulated_off_map_points_with_non_finite_weights_get_zero_gradients():
+    value, loc, attn, ss, lsi = make_inputs(2, 5, 2, 4, [(3, 4), (2, 2)], 3, seed=6)
+    loc[0, 1, 0, 0, :2] = 5.0
+    attn[0, 1, 0, 0, 0], attn[0, 1, 0, 0, 1] = float("nan"), float("inf")
+    for deterministic in (False, True):
+        fn = functools.partial(msda_emulated, deterministic=deterministic)
+        out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+        assert torch.isfinite(out).all() and torch.isfinite(grads[0]).all()
+        assert (grads[1][0, 1, 0, 0, :2] == 0).all() and (grads[2][0, 1, 0, 0, :2] == 0).all()
+
+
+@pytest.mark.parametrize("n,lq", [(0, 5), (2, 0)])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_empty_batch_or_queries(n, lq, deterministic):
+    value, loc, attn, ss, lsi = make_inputs(n, lq, 2, 8, [(3, 4), (2, 2)], 2)
+    fn = functools.partial(msda_emulated, deterministic=deterministic)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+    assert out.shape == (n, lq, 16)
+    assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
+    assert not grads[0].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The emulator itself: it must reject what CUDA leaves undefined
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("lane_exits_before_shuffle", "in its mask but not shuffling"),
+        ("different_offsets", "meet at different shuffles"),
+        ("source_outside_mask", "not in the shuffle's mask"),
+        ("sync_after_return", "__syncthreads reached after"),
+    ],
+)
+def test_emulator_rejects_undefined_behaviour(case, message):
+    with pytest.raises(RuntimeError, match=message):
+        emulated("emulator_selftest").run(case)
+
+
+def test_emulator_shuffles_and_barrier_by_hand():
+    # A block of 64: warp sums by xor shuffles (0 + ... + 31 = 496, 32 + ... + 63 = 1520), a
+    # shared-memory exchange across the barrier, and __shfl_down_sync past the warp's end.
+    out = emulated("emulator_selftest").sums()
+    assert out.tolist() == [496, 1520, 2016, 31]
