@@ -29,11 +29,15 @@ def get_extensions() -> list:
     csrc = os.path.join(ROOT, "csrc")
     sources = glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp"))
     cuda_sources = glob.glob(os.path.join(csrc, "*", "*.cu"))
-    # Headers (csrc/<op>/*.h and the shared csrc/common/*.h, found through include_dirs=[csrc]).
+    # Headers (csrc/<op>/*.h, *.cuh and the shared csrc/common/*.h, found through
+    # include_dirs=[csrc]).
     # With ninja (torch's default) the compiler's dependency files already recompile the sources
     # that include a changed header; `depends` makes the distutils fallback (no ninja) rebuild
     # too, instead of skipping the extension as up to date.
-    headers = sorted(glob.glob(os.path.join(csrc, "**", "*.h"), recursive=True))
+    headers = sorted(
+        glob.glob(os.path.join(csrc, "**", "*.h"), recursive=True)
+        + glob.glob(os.path.join(csrc, "**", "*.cuh"), recursive=True)
+    )
     extra_compile_args = {"cxx": ["-O3"]}  # torch picks the C++ standard (C++20 for torch 2.14)
     define_macros = []
     extension = CppExtension

@@ -69,8 +69,10 @@ def msda_emulated(value, ss, lsi, loc, attn, deterministic=False, max_blocks=0):
     return _EmulatedMSDA.apply(value, ss, lsi, loc, attn, deterministic, max_blocks)
 
 
-# (N, Lq, M, D, shapes, P): D = 1 / 3 (groups of 1 / 4 lanes, several per warp), 32 (one warp),
-# 33 / 71 (lanes stride over channels), group counts that leave a warp part-full.
+# (N, Lq, M, D, shapes, P): odd D (packs of one channel): 1 / 3 (groups of 1 / 4 lanes, several
+# per warp), 33 / 71 (2 / 3 packs per lane); even D (packs of two): 30 / 32 (16 lanes), 130 (3
+# packs per lane), 300 (5 packs per lane: two passes of 4); group counts that leave a warp
+# part-full.
 CASES = [
     (1, 5, 3, 30, [(1, 1), (3, 5), (6, 4)], 3),
     (3, 7, 2, 1, [(2, 7), (1, 1)], 2),
@@ -78,6 +80,8 @@ CASES = [
     (2, 4, 2, 32, [(4, 4), (2, 3)], 2),
     (1, 3, 2, 71, [(5, 3)], 2),
     (2, 3, 1, 33, [(3, 3), (2, 2)], 4),
+    (1, 3, 2, 130, [(3, 4)], 2),
+    (1, 2, 1, 300, [(2, 3), (1, 1)], 2),
 ]
 
 
@@ -147,6 +151,33 @@ def test_emulated_deterministic_backward_is_independent_of_the_grid():
     ]
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t that starts one element past an aligned address."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+    out = flat[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_emulated_two_channel_packs_equal_single_channels(dtype):
+    """Even D on aligned rows moves two channels per load; a misaligned value (and output
+    gradient) takes single channels. Same sums per channel: the forward and the deterministic
+    grad_value are bitwise equal, the location / weight gradients (reduced over the lanes of a
+    group of another size) equal to rounding."""
+    value, loc, attn, ss, lsi = make_inputs(2, 6, 2, 8, [(4, 5), (2, 3)], 3, seed=12)
+    value, loc, attn = value.to(dtype), loc.float(), attn.float()
+    grad = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(3)).to(dtype)
+    pack_bytes = 2 * value.element_size()
+    assert value.data_ptr() % pack_bytes == 0 and _misaligned(value).data_ptr() % pack_bytes != 0
+    fn = functools.partial(msda_emulated, deterministic=True)
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi, grad)
+    out1, grads1 = run_with_grads(fn, _misaligned(value), loc, attn, ss, lsi, _misaligned(grad))
+    assert torch.equal(out, out1) and torch.equal(grads[0], grads1[0])
+    for a, b in zip(grads[1:], grads1[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_emulated_off_map_points_with_non_finite_weights_get_zero_gradients():

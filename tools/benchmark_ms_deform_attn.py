@@ -24,7 +24,9 @@ Measured, in the same run, for each batch size and mode (forward; forward+backwa
     the call;
   * CUDA only: achieved bandwidth = estimated bytes / time, with the estimate being every input
     read once and every output written once (a lower bound on traffic), against the card's peak
-    measured here with a 1 GiB device-to-device copy.
+    measured here with a 1 GiB device-to-device copy; the bandwidth floor = estimated bytes /
+    peak (no kernel can beat it), and our time as a multiple of it. A last table checks the goal
+    for forward+backward: at least 5x the reference and within 2x of the floor.
 
 Usage::
 
@@ -266,13 +268,15 @@ def bench_cuda(args: argparse.Namespace) -> None:
     peak = peak_bandwidth()
     print(f"\npeak bandwidth (1 GiB device-to-device copy): {peak / 1e9:.0f} GB/s")
     kinds = ["m2f", "uniform"] if args.locations == "both" else [args.locations]
+    goals = []
     for kind in kinds:
         print(f"\n## CUDA, {kind} locations (median of {args.iters} after {args.warmup})")
         print(
             "| dtype | N | mode | ours (ms) | ours det. bwd (ms) | reference (ms) | speed-up "
-            "| ours GB/s (% peak) | ours peak MiB | reference peak MiB |"
+            "| ours GB/s (% peak) | floor (ms) | ours / floor | ours peak MiB "
+            "| reference peak MiB |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for dtype in (torch.float32, torch.bfloat16):
             for n in args.batches:
                 inp = make_inputs(n, kind, dtype, "cuda")
@@ -288,14 +292,24 @@ def bench_cuda(args: argparse.Namespace) -> None:
                     mem_ours = cuda_peak_memory(ours_fn) / 2**20
                     mem_ref = cuda_peak_memory(ref_fn) / 2**20
                     bw = traffic_bytes(inp, mode) / ours
+                    floor = traffic_bytes(inp, mode) / peak
+                    name = str(dtype).replace("torch.", "")
                     print(
-                        f"| {str(dtype).replace('torch.', '')} | {n} | {mode} | {ours * 1e3:.3f} "
+                        f"| {name} | {n} | {mode} | {ours * 1e3:.3f} "
                         f"| {det * 1e3:.3f} | {ref * 1e3:.3f} | {ref / ours:.1f}x "
-                        f"| {bw / 1e9:.0f} ({100 * bw / peak:.0f}%) | {mem_ours:.1f} "
-                        f"| {mem_ref:.1f} |"
+                        f"| {bw / 1e9:.0f} ({100 * bw / peak:.0f}%) | {floor * 1e3:.3f} "
+                        f"| {ours / floor:.2f} | {mem_ours:.1f} | {mem_ref:.1f} |"
                     )
+                    if mode == "fwd+bwd":
+                        goals.append((kind, name, n, ref / ours, ours / floor))
                 del inp
                 torch.cuda.empty_cache()
+    print("\n## Goal, forward+backward: >= 5x the reference and <= 2x the bandwidth floor")
+    print("| locations | dtype | N | speed-up | ours / floor | met |")
+    print("|---|---|---|---|---|---|")
+    for kind, name, n, speedup, over_floor in goals:
+        met = "yes" if speedup >= 5 and over_floor <= 2 else "NO"
+        print(f"| {kind} | {name} | {n} | {speedup:.1f}x | {over_floor:.2f} | {met} |")
 
 
 def main() -> None:

@@ -1,24 +1,33 @@
 // CUDA kernels of multi-scale deformable attention and the host code that launches them (the
 // entry points, with device guard and stream, are in ms_deform_attn_cuda.cu). value float16,
-// bfloat16, float32, float64, with float accumulation (double for float64), 64-bit indexing, any batch size, any number of
-// channels per head and any number of levels. Locations and attention weights (and their
-// gradients) are of type loc_t, the accumulation type: float32 beside a float16 / bfloat16 value,
-// so low precision never quantizes a location.
+// bfloat16, float32, float64, with float accumulation (double for float64), 64-bit indexing, any
+// batch size, any number of channels per head and any number of levels. Locations and attention
+// weights (and their gradients) are of type loc_t, the accumulation type: float32 beside a
+// float16 / bfloat16 value, so low precision never quantizes a location.
 //
-// Thread mapping. A "group" of G lanes (G = next power of two >= D, at most 32; groups never
-// straddle a warp) handles one (batch, query, head) triple and strides over its D channels, so the
-// location math of a sampling point is done once per group and the D-channel gathers are
-// coalesced. Grid-stride loops cover any problem size.
+// Thread mapping. Channels move in packs of V (V = 2 when D is even and the rows are aligned to
+// two elements: one 32-bit load of two half / bfloat16 values, 64-bit of two floats; else V = 1).
+// A "group" of G lanes (G = next power of two >= D / V, at most 32; groups never straddle a warp)
+// handles one (batch, query, head) triple; lane t takes packs t, t + G, ... of the row, so the
+// gathers of a corner are coalesced. The forward keeps C packs per lane in registers (C = 1, 2 or
+// 4, from D) and accumulates them over all L * P sampling points: the location and corner math of
+// a point is done once per lane for all its channels. Grid-stride loops cover any problem size.
 //
 // Backward. Per sampling point, each lane accumulates its channels' share of the three
 // reductions (grad of the attention weight and of the pixel coordinates), then the group reduces
 // them with shuffles and lane 0 writes. grad_value:
 //   * default: float atomics into a float buffer (the output itself for float32/float64),
 //     cast to the value dtype afterwards;
-//   * deterministic: no float atomics. The samples are keyed by the cell of their top-left corner
-//     (in a grid padded by one row/column so corners at -1 have a cell), stably sorted, and one
-//     group per value cell gathers the contributions of the samples whose 4 corners cover it, in
-//     sorted order. Bitwise reproducible run to run; costs O(samples) extra memory and a sort.
+//   * deterministic: no float atomics. Each sample is keyed by the cell of its top-left corner
+//     (in a grid padded by one row/column so corners at -1 have a cell); the key kernel also
+//     counts the samples per cell (integer atomics: exact), and an exclusive scan of the counts
+//     gives each cell's range in the stably sorted keys (32-bit keys when the cells fit). A
+//     payload kernel lays out, in sorted order, what the gather needs of each sample (fractional
+//     offsets, attention weight, grad_output row), so the gather's loop over a cell's samples
+//     reads one contiguous record per sample and does no division. One group per value cell then
+//     sums the contributions of the samples whose 4 corners cover it, in sorted order. Bitwise
+//     reproducible run to run and independent of the grid; costs O(samples + cells) memory and a
+//     sort. A cell that many samples share is summed by one group (a long serial loop).
 // Level shapes travel as kernel arguments (up to kMaxLevels levels), read on the host from
 // spatial_shapes (no device sync when it lives on the CPU) and so fixed inside a CUDA graph. More
 // levels go in a small device table, copied from pinned memory without a sync.
@@ -37,6 +46,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -47,10 +58,15 @@ namespace glid {
 namespace {
 
 using msda::Corners;
+using msda::Dims;
 
 constexpr int kMaxLevels = 16;
 constexpr int kThreads = 256;  // a multiple of 32: groups (<= 32 lanes) stay inside warps
-constexpr int64_t kNoKey = INT64_MAX;  // sort key of samples that touch no cell
+constexpr int kMaxPacksPerLane = 4;  // forward: the most packs a lane accumulates in registers
+// Backward: blocks per SM the register allocation must allow (80 registers per thread). ptxas -v,
+// sm_90: unbounded, the two-channel backward took 98-109 registers in half / bfloat16 / float
+// (2 blocks per SM); bounded, 76-80 without spills (float64, a test dtype, spills ~100 bytes).
+constexpr int kBackwardMinBlocks = 3;
 
 struct LevelTable {
   // Per level l: H, W, the level start along S, and its start in the (H+1) x (W+1) padded cell
@@ -69,7 +85,6 @@ struct LevelTable {
   __device__ __forceinline__ int64_t pad_start(int64_t l) const { return get(3, l); }
 };
 
-using msda::Dims;
 
 // Lanes of this thread's group (G a power of two <= 32, groups aligned in the warp).
 __device__ __forceinline__ unsigned group_mask(int G) {
@@ -89,9 +104,36 @@ __device__ __forceinline__ T group_sum(T v, int G, unsigned mask) {
   return v;
 }
 
+// V consecutive channels, moved by one load or store (the address must be aligned to the pack).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T x[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+#else
+  Pack<T, V> r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+#endif
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pack<T, V>*>(p) = v;
+#else
+  std::memcpy(p, &v, sizeof(v));
+#endif
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
-template <typename scalar_t, typename loc_t>
+// Packs j0 + lane + c * G (c < C) of each row; one pass over the points when D / V <= C * G.
+template <typename scalar_t, typename loc_t, int V, int C>
 __global__ void __launch_bounds__(kThreads)
     msda_forward_kernel(const scalar_t* __restrict__ value, const loc_t* __restrict__ loc,
                         const loc_t* __restrict__ attn, scalar_t* __restrict__ out,
@@ -99,6 +141,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
   const int64_t MD = dm.M * dm.D;
+  const int64_t DP = dm.D / V;  // packs per row
   const int lane = static_cast<int>(threadIdx.x) & (G - 1);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
   for (int64_t grp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
@@ -106,32 +149,71 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t m = grp % dm.M;
     const int64_t n = grp / (dm.Lq * dm.M);
     const scalar_t* value_nm = value + n * dm.S * MD + m * dm.D;
+    scalar_t* out_row = out + grp * dm.D;
     const int64_t pt0 = grp * dm.L * dm.P;
-    for (int64_t d = lane; d < dm.D; d += G) {
-      acc_t acc = acc_t(0);
+    for (int64_t j0 = lane; j0 < DP; j0 += static_cast<int64_t>(C) * G) {
+      acc_t acc[C][V];
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          acc[c][v] = acc_t(0);
+        }
+      }
       for (int64_t l = 0; l < dm.L; ++l) {
         const int64_t H = lt.H(l), W = lt.W(l), start = lt.start(l);
         for (int64_t p = 0; p < dm.P; ++p) {
           const int64_t i = pt0 + l * dm.P + p;
-          Corners<acc_t> c;
-          const msda::Sample sample = msda::make_corners(
-              static_cast<acc_t>(loc[2 * i]), static_cast<acc_t>(loc[2 * i + 1]), H, W, start, c);
+          Corners<acc_t> corners;
+          const msda::Sample sample =
+              msda::make_corners(static_cast<acc_t>(loc[2 * i]), static_cast<acc_t>(loc[2 * i + 1]),
+                                 H, W, start, corners);
           if (sample != msda::Sample::kOn) {
-            if (sample == msda::Sample::kNonFinite) {
-              acc = std::numeric_limits<acc_t>::quiet_NaN();  // stays NaN whatever follows
+            if (sample == msda::Sample::kNonFinite) {  // the row stays NaN whatever follows
+#pragma unroll
+              for (int c = 0; c < C; ++c) {
+#pragma unroll
+                for (int v = 0; v < V; ++v) {
+                  acc[c][v] = std::numeric_limits<acc_t>::quiet_NaN();
+                }
+              }
             }
             continue;
           }
           const acc_t a = static_cast<acc_t>(attn[i]);
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
-            if (c.row[k] >= 0) {
-              acc += a * c.w[k] * static_cast<acc_t>(value_nm[c.row[k] * MD + d]);
+            if (corners.row[k] < 0) {
+              continue;
+            }
+            const acc_t wk = a * corners.w[k];
+            const scalar_t* src = value_nm + corners.row[k] * MD;
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+              const int64_t j = j0 + static_cast<int64_t>(c) * G;
+              if (j < DP) {
+                const Pack<scalar_t, V> x = load_pack<V>(src + j * V);
+#pragma unroll
+                for (int v = 0; v < V; ++v) {
+                  acc[c][v] += wk * static_cast<acc_t>(x.x[v]);
+                }
+              }
             }
           }
         }
       }
-      out[grp * dm.D + d] = static_cast<scalar_t>(acc);
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        const int64_t j = j0 + static_cast<int64_t>(c) * G;
+        if (j < DP) {
+          Pack<scalar_t, V> y;
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            y.x[v] = static_cast<scalar_t>(acc[c][v]);
+          }
+          store_pack<V>(out_row + j * V, y);
+        }
+      }
     }
   }
 }
@@ -140,8 +222,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // grad_loc, grad_attn, and (kAtomicGradValue) grad_value accumulated atomically into
 // grad_value_acc (float, or double for float64; laid out like value).
-template <typename scalar_t, typename loc_t, bool kAtomicGradValue>
-__global__ void __launch_bounds__(kThreads)
+template <typename scalar_t, typename loc_t, int V, bool kAtomicGradValue>
+__global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
     msda_backward_kernel(const scalar_t* __restrict__ value, const loc_t* __restrict__ loc,
                          const loc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
                          at::opmath_type<scalar_t>* __restrict__ grad_value_acc,
@@ -150,6 +232,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
   const int64_t MD = dm.M * dm.D;
+  const int64_t DP = dm.D / V;
   const int lane = static_cast<int>(threadIdx.x) & (G - 1);
   const unsigned mask = group_mask(G);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
@@ -173,23 +256,39 @@ __global__ void __launch_bounds__(kThreads)
         acc_t s_attn = acc_t(0), s_h = acc_t(0), s_w = acc_t(0);
         if (sample == msda::Sample::kOn) {
           const acc_t hh = acc_t(1) - c.lh, hw = acc_t(1) - c.lw;
-          for (int64_t d = lane; d < dm.D; d += G) {
-            const acc_t g = static_cast<acc_t>(go[d]);
-            acc_t v[4];
+          for (int64_t j = lane; j < DP; j += G) {
+            const Pack<scalar_t, V> g = load_pack<V>(go + j * V);
+            acc_t x[4][V];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-              v[k] = c.row[k] >= 0 ? static_cast<acc_t>(value_nm[c.row[k] * MD + d]) : acc_t(0);
-            }
-            s_attn += g * (c.w[0] * v[0] + c.w[1] * v[1] + c.w[2] * v[2] + c.w[3] * v[3]);
-            s_h += g * (hw * (v[2] - v[0]) + c.lw * (v[3] - v[1]));
-            s_w += g * (hh * (v[1] - v[0]) + c.lh * (v[3] - v[2]));
-            if constexpr (kAtomicGradValue) {
-              const acc_t ag = a * g;
+              if (c.row[k] >= 0) {
+                const Pack<scalar_t, V> xk = load_pack<V>(value_nm + c.row[k] * MD + j * V);
 #pragma unroll
-              for (int k = 0; k < 4; ++k) {
-                if (c.row[k] >= 0) {
-                  gpuAtomicAddNoReturn(grad_value_acc + nm_offset + c.row[k] * MD + d,
-                                       ag * c.w[k]);
+                for (int v = 0; v < V; ++v) {
+                  x[k][v] = static_cast<acc_t>(xk.x[v]);
+                }
+              } else {
+#pragma unroll
+                for (int v = 0; v < V; ++v) {
+                  x[k][v] = acc_t(0);
+                }
+              }
+            }
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+              const acc_t gv = static_cast<acc_t>(g.x[v]);
+              s_attn += gv * (c.w[0] * x[0][v] + c.w[1] * x[1][v] + c.w[2] * x[2][v] +
+                              c.w[3] * x[3][v]);
+              s_h += gv * (hw * (x[2][v] - x[0][v]) + c.lw * (x[3][v] - x[1][v]));
+              s_w += gv * (hh * (x[1][v] - x[0][v]) + c.lh * (x[3][v] - x[2][v]));
+              if constexpr (kAtomicGradValue) {
+                const acc_t ag = a * gv;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                  if (c.row[k] >= 0) {
+                    gpuAtomicAddNoReturn(grad_value_acc + nm_offset + c.row[k] * MD + j * V + v,
+                                         ag * c.w[k]);
+                  }
                 }
               }
             }
@@ -221,11 +320,13 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Deterministic grad_value, step 1: the sort key of each sample = its top-left corner's cell in
-// the padded grid of its (batch, head, level), or kNoKey when it touches no cell.
-template <typename loc_t>
+// the padded grid of its (batch, head, level), or key_t's maximum when it touches no cell; and
+// the number of samples per cell (counts, zeroed before; integer atomics, so exact).
+template <typename loc_t, typename key_t>
 __global__ void __launch_bounds__(kThreads)
-    msda_sample_keys_kernel(const loc_t* __restrict__ loc, int64_t* __restrict__ keys,
-                            const Dims dm, const LevelTable lt, const int64_t SP) {
+    msda_sample_keys_kernel(const loc_t* __restrict__ loc, key_t* __restrict__ keys,
+                            key_t* __restrict__ counts, const Dims dm, const LevelTable lt,
+                            const int64_t SP) {
   using acc_t = loc_t;
   const int64_t E = dm.N * dm.Lq * dm.M * dm.L * dm.P;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -237,58 +338,87 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t H = lt.H(l), W = lt.W(l);
     const acc_t h = msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), H);
     const acc_t w = msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), W);
-    int64_t key = kNoKey;
+    key_t key = std::numeric_limits<key_t>::max();
     if (msda::in_range(h, w, H, W)) {  // floor(h) in [-1, H-1], floor(w) in [-1, W-1]
       const int64_t h0 = static_cast<int64_t>(msda::floor_(h));
       const int64_t w0 = static_cast<int64_t>(msda::floor_(w));
-      key = (n * dm.M + m) * SP + lt.pad_start(l) + (h0 + 1) * (W + 1) + (w0 + 1);
+      key = static_cast<key_t>((n * dm.M + m) * SP + lt.pad_start(l) + (h0 + 1) * (W + 1) +
+                               (w0 + 1));
+      gpuAtomicAddNoReturn(counts + key, key_t(1));
     }
     keys[i] = key;
   }
 }
 
-// Deterministic grad_value, step 2 (helper): adds to `acc` the contributions, to channel d of
-// value cell (h, w), of the samples at sorted positions [lo, hi): those whose top-left corner is
-// (h - DH, w - DW), so that the cell is their corner (DH, DW). The bilinear weight is recomputed
-// from the location exactly as the other kernels compute it.
-template <int DH, int DW, typename scalar_t, typename loc_t, typename acc_t>
-__device__ __forceinline__ acc_t gather_corner(acc_t acc, int64_t lo, int64_t hi,
-                                               const int64_t* __restrict__ order,
-                                               const loc_t* __restrict__ loc,
-                                               const loc_t* __restrict__ attn,
-                                               const scalar_t* __restrict__ grad_out_nm,
-                                               const Dims& dm, int64_t H, int64_t W, int64_t h,
-                                               int64_t w, int64_t d) {
+// What the gather needs of one sample: the fractional offsets of its pixel coordinates from its
+// top-left corner (as make_corners computes them), its attention weight, and the offset of its
+// grad_output row from the row of query 0 of its (batch, head).
+template <typename acc_t>
+struct SamplePayload {
+  acc_t lh, lw, a;
+  int64_t row;
+};
+
+// Deterministic grad_value, step 2: the payload of the sample at each sorted position. Positions
+// of samples that touch no cell are filled too (never read).
+template <typename loc_t>
+__global__ void __launch_bounds__(kThreads)
+    msda_sample_payload_kernel(const loc_t* __restrict__ loc, const loc_t* __restrict__ attn,
+                               const int64_t* __restrict__ order,
+                               SamplePayload<loc_t>* __restrict__ payload, const Dims dm,
+                               const LevelTable lt) {
+  using acc_t = loc_t;
+  const int64_t E = dm.N * dm.Lq * dm.M * dm.L * dm.P;
   const int64_t MLP = dm.M * dm.L * dm.P;
-  const int64_t MD = dm.M * dm.D;
-  for (int64_t e = lo; e < hi; ++e) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < E;
+       e += step) {
     const int64_t i = order[e];
-    // Fractional offsets from the sample's top-left corner (h - DH, w - DW).
-    const acc_t fh =
-        msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), H) - static_cast<acc_t>(h - DH);
-    const acc_t fw =
-        msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), W) - static_cast<acc_t>(w - DW);
-    const acc_t wt = (DH ? fh : acc_t(1) - fh) * (DW ? fw : acc_t(1) - fw);
-    const int64_t q = (i / MLP) % dm.Lq;
-    acc += static_cast<acc_t>(attn[i]) * wt * static_cast<acc_t>(grad_out_nm[q * MD + d]);
+    const int64_t l = (i / dm.P) % dm.L;
+    const acc_t h = msda::pixel_coord(static_cast<acc_t>(loc[2 * i + 1]), lt.H(l));
+    const acc_t w = msda::pixel_coord(static_cast<acc_t>(loc[2 * i]), lt.W(l));
+    SamplePayload<acc_t> s;
+    s.lh = h - msda::floor_(h);
+    s.lw = w - msda::floor_(w);
+    s.a = static_cast<acc_t>(attn[i]);
+    s.row = ((i / MLP) % dm.Lq) * dm.M * dm.D;
+    payload[e] = s;
   }
-  return acc;
 }
 
-// Deterministic grad_value, step 2: one group per value cell (n, s, m). The samples covering the
+// Adds to acc the contributions, to the V channels at pack j of a value cell, of the samples at
+// sorted positions [lo, hi), whose corner (DH, DW) is that cell.
+template <int DH, int DW, int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void gather_corner(acc_t (&acc)[V], int64_t lo, int64_t hi,
+                                              const SamplePayload<acc_t>* __restrict__ payload,
+                                              const scalar_t* __restrict__ grad_out_nm,
+                                              int64_t j) {
+  for (int64_t e = lo; e < hi; ++e) {
+    const SamplePayload<acc_t> s = payload[e];
+    const acc_t wt = (DH ? s.lh : acc_t(1) - s.lh) * (DW ? s.lw : acc_t(1) - s.lw);
+    const acc_t aw = s.a * wt;
+    const Pack<scalar_t, V> g = load_pack<V>(grad_out_nm + s.row + j * V);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      acc[v] += aw * static_cast<acc_t>(g.x[v]);
+    }
+  }
+}
+
+// Deterministic grad_value, step 3: one group per value cell (n, s, m). The samples covering the
 // cell (h, w) have their top-left corner at (h - dh, w - dw), dh, dw in {0, 1}; cell_start[key]
-// is the first position of `key` in the sorted keys, order[] the sample behind each position.
-template <typename scalar_t, typename loc_t>
+// is the first sorted position of `key` (exclusive scan of the counts).
+template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
-    msda_grad_value_gather_kernel(const loc_t* __restrict__ loc,
-                                  const loc_t* __restrict__ attn,
+    msda_grad_value_gather_kernel(const SamplePayload<at::opmath_type<scalar_t>>* __restrict__
+                                      payload,
                                   const scalar_t* __restrict__ grad_out,
                                   const int64_t* __restrict__ cell_start,
-                                  const int64_t* __restrict__ order,
                                   scalar_t* __restrict__ grad_value, const Dims dm,
                                   const LevelTable lt, const int64_t SP, const int G) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_cells = dm.N * dm.S * dm.M;
+  const int64_t DP = dm.D / V;
   const int lane = static_cast<int>(threadIdx.x) & (G - 1);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
   for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
@@ -300,7 +430,7 @@ __global__ void __launch_bounds__(kThreads)
     while (l + 1 < dm.L && s >= lt.start(l + 1)) {
       ++l;
     }
-    const int64_t H = lt.H(l), W = lt.W(l);
+    const int64_t W = lt.W(l);
     const int64_t h = (s - lt.start(l)) / W, w = (s - lt.start(l)) % W;
     // Key of top-left corner (h - dh, w - dw) = key00 - dh * (W + 1) - dw.
     const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start(l) + (h + 1) * (W + 1) + (w + 1);
@@ -309,15 +439,24 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t lo01 = cell_start[key00 - 1], hi01 = lo00;  // keys key00 - 1 and key00 adjoin
     const int64_t lo10 = cell_start[key10], hi10 = cell_start[key10 + 1];
     const int64_t lo11 = cell_start[key10 - 1], hi11 = lo10;
-    // grad_out rows of this (n, m): row q at grad_out_nm + q * M * D.
+    // grad_out rows of this (n, m): row q at grad_out_nm + q * M * D (payload.row).
     const scalar_t* grad_out_nm = grad_out + (n * dm.Lq * dm.M + m) * dm.D;
-    for (int64_t d = lane; d < dm.D; d += G) {
-      acc_t acc = acc_t(0);
-      acc = gather_corner<0, 0>(acc, lo00, hi00, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
-      acc = gather_corner<0, 1>(acc, lo01, hi01, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
-      acc = gather_corner<1, 0>(acc, lo10, hi10, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
-      acc = gather_corner<1, 1>(acc, lo11, hi11, order, loc, attn, grad_out_nm, dm, H, W, h, w, d);
-      grad_value[cell * dm.D + d] = static_cast<scalar_t>(acc);
+    for (int64_t j = lane; j < DP; j += G) {
+      acc_t acc[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        acc[v] = acc_t(0);
+      }
+      gather_corner<0, 0>(acc, lo00, hi00, payload, grad_out_nm, j);
+      gather_corner<0, 1>(acc, lo01, hi01, payload, grad_out_nm, j);
+      gather_corner<1, 0>(acc, lo10, hi10, payload, grad_out_nm, j);
+      gather_corner<1, 1>(acc, lo11, hi11, payload, grad_out_nm, j);
+      Pack<scalar_t, V> y;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        y.x[v] = static_cast<scalar_t>(acc[v]);
+      }
+      store_pack<V>(grad_value + cell * dm.D + j * V, y);
     }
   }
 }
@@ -373,7 +512,32 @@ inline unsigned int grid_size(int64_t threads) {
   return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 1 << 30));
 }
 
-// The forward of validated inputs (value contiguous on the kernels' device; out non-empty).
+// V for rows of D channels read or written at these addresses: 2 when D is even and every
+// address is aligned to two elements (the row starts then are too), else 1.
+inline int pack_width(int64_t D, std::initializer_list<const at::Tensor*> tensors) {
+  if (D % 2 != 0) {
+    return 1;
+  }
+  for (const at::Tensor* t : tensors) {
+    const auto address = reinterpret_cast<std::uintptr_t>(t->data_ptr());
+    if (address % (2 * t->element_size()) != 0) {
+      return 1;
+    }
+  }
+  return 2;
+}
+
+// Calls f(std::integral_constant<int, V>) for V in {1, 2}.
+template <typename F>
+void with_pack_width(int V, F&& f) {
+  if (V == 2) {
+    f(std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// The forward of validated inputs (value contiguous on the kernels' device).
 template <typename Launch>
 at::Tensor forward_launch(const at::Tensor& value, const at::Tensor& sampling_locations,
                           const at::Tensor& attention_weights, const Dims& dm,
@@ -386,15 +550,80 @@ at::Tensor forward_launch(const at::Tensor& value, const at::Tensor& sampling_lo
   const auto loc_dtype = msda::location_dtype(value.scalar_type());
   const at::Tensor loc = sampling_locations.to(loc_dtype);
   const at::Tensor attn = attention_weights.to(loc_dtype);
-  const int G = group_size(dm.D);
+  const int V = pack_width(dm.D, {&value, &out});
+  const int64_t DP = dm.D / V;
+  const int G = group_size(DP);
+  const int64_t packs_per_lane = (DP + G - 1) / G;
+  const int C = packs_per_lane <= 1 ? 1 : packs_per_lane <= 2 ? 2 : kMaxPacksPerLane;
+  const unsigned int blocks = grid_size(dm.N * dm.Lq * dm.M * G);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward", [&] {
         using loc_t = at::opmath_type<scalar_t>;
-        launch(msda_forward_kernel<scalar_t, loc_t>, grid_size(dm.N * dm.Lq * dm.M * G),
-               value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
-               out.data_ptr<scalar_t>(), dm, lt, G);
+        with_pack_width(V, [&](auto v) {
+          constexpr int kV = decltype(v)::value;
+          const auto run = [&](auto kernel) {
+            launch(kernel, blocks, value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(),
+                   attn.data_ptr<loc_t>(), out.data_ptr<scalar_t>(), dm, lt, G);
+          };
+          if (C == 1) {
+            run(msda_forward_kernel<scalar_t, loc_t, kV, 1>);
+          } else if (C == 2) {
+            run(msda_forward_kernel<scalar_t, loc_t, kV, 2>);
+          } else {
+            run(msda_forward_kernel<scalar_t, loc_t, kV, kMaxPacksPerLane>);
+          }
+        });
       });
   return out;
+}
+
+// Deterministic grad_value (see the header comment); padded_size from level_table().
+template <typename scalar_t, typename Launch>
+at::Tensor deterministic_grad_value(const at::Tensor& value, const at::Tensor& loc,
+                                    const at::Tensor& attn, const at::Tensor& grad_output,
+                                    const Dims& dm, const LevelTable& lt, int64_t padded_size,
+                                    Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using loc_t = acc_t;
+  at::Tensor grad_value = at::empty_like(value);
+  if (value.numel() == 0) {
+    return grad_value;
+  }
+  const int64_t num_samples = loc.numel() / 2;
+  const int64_t num_keys = dm.N * dm.M * padded_size;
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  const bool keys32 = num_keys < kInt32Max && num_samples < kInt32Max;
+  const auto key_dtype = keys32 ? at::kInt : at::kLong;
+  at::Tensor keys = at::empty({num_samples}, value.options().dtype(key_dtype));
+  at::Tensor counts = at::zeros({num_keys}, value.options().dtype(key_dtype));
+  AT_DISPATCH_INDEX_TYPES(key_dtype, "ms_deform_attn_sample_keys", [&] {
+    launch(msda_sample_keys_kernel<loc_t, index_t>, grid_size(num_samples),
+           loc.data_ptr<loc_t>(), keys.data_ptr<index_t>(), counts.data_ptr<index_t>(), dm, lt,
+           padded_size);
+  });
+  // Stable radix sort: equal keys keep the sample order, so the gather order is fixed.
+  const at::Tensor order = std::get<1>(at::sort(keys, /*stable=*/true, /*dim=*/0,
+                                                /*descending=*/false));
+  at::Tensor payload =
+      at::empty({num_samples, static_cast<int64_t>(sizeof(SamplePayload<acc_t>))},
+                value.options().dtype(at::kByte));
+  auto* payload_ptr = reinterpret_cast<SamplePayload<acc_t>*>(payload.data_ptr());
+  launch(msda_sample_payload_kernel<loc_t>, grid_size(num_samples), loc.data_ptr<loc_t>(),
+         attn.data_ptr<loc_t>(), order.data_ptr<int64_t>(), payload_ptr, dm, lt);
+  at::Tensor cell_start = at::empty({num_keys + 1}, value.options().dtype(at::kLong));
+  cell_start.narrow(0, 0, 1).zero_();
+  at::Tensor cell_end = cell_start.narrow(0, 1, num_keys);
+  at::cumsum_out(cell_end, counts, 0, at::kLong);
+  const int V = pack_width(dm.D, {&grad_output, &grad_value});
+  const int G = group_size(dm.D / V);
+  with_pack_width(V, [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    launch(msda_grad_value_gather_kernel<scalar_t, kV>, grid_size(dm.N * dm.S * dm.M * G),
+           static_cast<const SamplePayload<acc_t>*>(payload_ptr),
+           grad_output.data_ptr<scalar_t>(), cell_start.data_ptr<int64_t>(),
+           grad_value.data_ptr<scalar_t>(), dm, lt, padded_size, G);
+  });
+  return grad_value;
 }
 
 // The backward of validated inputs; padded_size from level_table().
@@ -413,50 +642,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_launch(
   const at::Tensor attn = attention_weights.to(loc_dtype);
   at::Tensor grad_loc = at::empty_like(loc);
   at::Tensor grad_attn = at::empty_like(attn);
-  const int G = group_size(dm.D);
-  const int64_t backward_threads = dm.N * dm.Lq * dm.M * G;
+  const int V = pack_width(dm.D, {&value, &grad_output});
+  const int G = group_size(dm.D / V);
+  const unsigned int blocks = grid_size(dm.N * dm.Lq * dm.M * G);
   at::Tensor grad_value;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         using loc_t = acc_t;
+        constexpr bool kSameType = std::is_same_v<scalar_t, acc_t>;
+        at::Tensor grad_value_acc;
         if (!deterministic) {
-          constexpr bool kSameType = std::is_same_v<scalar_t, acc_t>;
-          at::Tensor grad_value_acc =
+          grad_value_acc =
               kSameType
                   ? at::zeros_like(value)
                   : at::zeros(value.sizes(),
                               value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-          launch(msda_backward_kernel<scalar_t, loc_t, true>, grid_size(backward_threads),
-                 value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
-                 grad_output.data_ptr<scalar_t>(), grad_value_acc.data_ptr<acc_t>(),
-                 grad_loc.data_ptr<loc_t>(), grad_attn.data_ptr<loc_t>(), dm, lt, G);
+        }
+        with_pack_width(V, [&](auto v) {
+          constexpr int kV = decltype(v)::value;
+          const auto run = [&](auto kernel, acc_t* acc) {
+            launch(kernel, blocks, value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(),
+                   attn.data_ptr<loc_t>(), grad_output.data_ptr<scalar_t>(), acc,
+                   grad_loc.data_ptr<loc_t>(), grad_attn.data_ptr<loc_t>(), dm, lt, G);
+          };
+          if (deterministic) {
+            run(msda_backward_kernel<scalar_t, loc_t, kV, false>, nullptr);
+          } else {
+            run(msda_backward_kernel<scalar_t, loc_t, kV, true>, grad_value_acc.data_ptr<acc_t>());
+          }
+        });
+        if (!deterministic) {
           grad_value = kSameType ? grad_value_acc : grad_value_acc.to(value.scalar_type());
           return;
         }
-        launch(msda_backward_kernel<scalar_t, loc_t, false>, grid_size(backward_threads),
-               value.data_ptr<scalar_t>(), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
-               grad_output.data_ptr<scalar_t>(), static_cast<acc_t*>(nullptr),
-               grad_loc.data_ptr<loc_t>(), grad_attn.data_ptr<loc_t>(), dm, lt, G);
-        grad_value = at::empty_like(value);
-        if (value.numel() == 0) {
-          return;
-        }
-        at::Tensor keys = at::empty({num_samples}, value.options().dtype(at::kLong));
-        launch(msda_sample_keys_kernel<loc_t>, grid_size(num_samples), loc.data_ptr<loc_t>(),
-               keys.data_ptr<int64_t>(), dm, lt, padded_size);
-        // Stable radix sort: equal keys keep the sample order, so the gather order is fixed.
-        const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-        const at::Tensor& sorted_keys = std::get<0>(sorted);
-        const at::Tensor& order = std::get<1>(sorted);
-        const int64_t num_keys = dm.N * dm.M * padded_size;
-        const at::Tensor cell_start =
-            at::searchsorted(sorted_keys, at::arange(num_keys + 1, keys.options()));
-        launch(msda_grad_value_gather_kernel<scalar_t, loc_t>,
-               grid_size(dm.N * dm.S * dm.M * G), loc.data_ptr<loc_t>(), attn.data_ptr<loc_t>(),
-               grad_output.data_ptr<scalar_t>(), cell_start.data_ptr<int64_t>(),
-               order.data_ptr<int64_t>(), grad_value.data_ptr<scalar_t>(), dm, lt, padded_size,
-               G);
+        grad_value = deterministic_grad_value<scalar_t>(value, loc, attn, grad_output, dm, lt,
+                                                        padded_size, launch);
       });
   // Gradients in the dtype the locations / weights came in.
   return {grad_value, grad_loc.to(sampling_locations.scalar_type()),
