@@ -143,9 +143,9 @@ def reference64(xs, w, gout, activation):
     )
 
 
-def assert_matches_reference(xs, w, gout, activation, dtype):
+def assert_matches_reference(xs, w, gout, activation, dtype, fn=fast_normalized_fusion):
     """Kernel output and gradients within :func:`error_bounds` of the float64 reference."""
-    out, gxs, gw = run(fast_normalized_fusion, xs, w, gout, activation)
+    out, gxs, gw = run(fn, xs, w, gout, activation)
     ref_out, ref_gxs, ref_gw = reference64(xs, w, gout, activation)
     assert out.dtype == dtype and out.shape == xs[0].shape and out.is_contiguous()
     assert gw.dtype == w.dtype
@@ -203,15 +203,26 @@ def test_gradcheck_float64(k, activation, weights):
     assert torch.autograd.gradcheck(fn, (*xs, w))
 
 
-@needs_ext
-def test_cpu_extreme_values():
-    # Large |y| exercises the clamped exp of the SiLU; infinities and NaN propagate like eager.
-    x0 = torch.tensor([-1e4, -100.0, -30.0, 0.0, 30.0, 100.0, 1e4, float("nan"), float("inf")])
+def check_extreme_values(fn):
+    """Large |y| exercises the clamped exp of the SiLU; NaN and both infinities give what eager
+    gives (silu(-inf) = -inf * sigmoid(-inf) = NaN), in the output and the input gradients."""
+    x0 = torch.tensor(
+        [-1e4, -100.0, -30.0, 0.0, 30.0, 100.0, 1e4, float("nan"), float("inf"), -float("inf")]
+    )
     xs = [x0, torch.zeros_like(x0)]
     w = torch.tensor([1.0, 0.0])
-    out = fast_normalized_fusion(xs, w)
-    ref = fast_normalized_fusion_reference([x.double() for x in xs], w.double()).float()
-    torch.testing.assert_close(out, ref, equal_nan=True, atol=1e-6, rtol=1e-6)
+    gout = torch.ones_like(x0)
+    out, gxs, _ = run(fn, xs, w, gout, "silu")
+    ref_out, ref_gxs, _ = reference64(xs, w, gout, "silu")
+    assert out[-1].isnan() and gxs[0][-1].isnan()
+    torch.testing.assert_close(out, ref_out.float(), equal_nan=True, atol=1e-6, rtol=1e-6)
+    for gx, ref in zip(gxs, ref_gxs):
+        torch.testing.assert_close(gx, ref.float(), equal_nan=True, atol=1e-6, rtol=1e-6)
+
+
+@needs_ext
+def test_cpu_extreme_values():
+    check_extreme_values(fast_normalized_fusion)
 
 
 @needs_ext

@@ -19,6 +19,12 @@ import pytest
 import torch
 
 from glid.layers.ms_deform_attn import ms_deform_attn_reference
+from tests.test_bifpn_fusion import (
+    DTYPES,
+    assert_matches_reference,
+    check_extreme_values,
+    make_case,
+)
 from tests.test_ms_deform_attn import (
     MANY_LEVELS,
     assert_close_to_reference,
@@ -43,7 +49,7 @@ def emulated(name: str):
         f"glid_{name}_emulated",
         [os.path.join(EMULATION_DIR, f"{name}_emulated.cpp")],
         extra_include_paths=[os.path.join(REPO, "csrc"), EMULATION_DIR],
-        extra_cflags=["-O1"],
+        extra_cflags=["-O1", "-fno-strict-aliasing"],
         build_directory=build_dir,
     )
 
@@ -200,6 +206,83 @@ def test_emulated_empty_batch_or_queries(n, lq, deterministic):
     assert out.shape == (n, lq, 16)
     assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
     assert not grads[0].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast normalized fusion (BiFPN)
+# ---------------------------------------------------------------------------------------------
+
+
+class _EmulatedFusion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, eps, silu, max_blocks, *xs):
+        ctx.save_for_backward(w, *xs)
+        ctx.options = (eps, silu, max_blocks)
+        return emulated("bifpn_fusion").forward(list(xs), w, eps, silu, max_blocks)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w, *xs = ctx.saved_tensors
+        gxs, gw = emulated("bifpn_fusion").backward(grad_out.contiguous(), xs, w, *ctx.options)
+        return (gw, None, None, None, *gxs)
+
+
+def fusion_emulated(xs, w, eps=1e-4, activation="silu", max_blocks=8):
+    """fast_normalized_fusion through the emulated CUDA kernels; max_blocks plays the SM count."""
+    return _EmulatedFusion.apply(w, eps, activation == "silu", max_blocks, *xs)
+
+
+# Sizes: below one 16-byte pack, a ragged end, and several weight-gradient tiles per block
+# (a float32 tile is 4096 elements, float64 2048).
+FUSION_SHAPES = [(3,), (3, 5, 7), (3 * 5001,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("shape", FUSION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("activation", ["silu", None])
+@pytest.mark.parametrize("k", [2, 3])
+def test_emulated_fusion_matches_float64_reference(k, activation, shape, dtype):
+    xs, w, gout = make_case(k, shape, dtype, weights="negative", seed=k)
+    fn = functools.partial(fusion_emulated, max_blocks=2)
+    assert_matches_reference(xs, w, gout, activation, dtype, fn=fn)
+
+
+def test_emulated_fusion_extreme_values():
+    check_extreme_values(functools.partial(fusion_emulated, max_blocks=1))
+
+
+def _unaligned_copy(t: torch.Tensor) -> torch.Tensor:
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_emulated_fusion_weight_grad_independent_of_grid_and_alignment(dtype):
+    """The weight gradient is summed over fixed tiles in a fixed order: the same bits for any
+    number of blocks (GPUs with any SM count) and for the vector (aligned) and element-wise
+    (unaligned view) paths; the forward and input gradients too."""
+    xs, w, gout = make_case(3, (3 * 5001,), dtype, weights="positive", seed=7)
+    results = []
+    for max_blocks in (1, 2, 5, 1000):
+        out = emulated("bifpn_fusion").forward(xs, w, 1e-4, True, max_blocks)
+        gxs, gw = emulated("bifpn_fusion").backward(gout, xs, w, 1e-4, True, max_blocks)
+        results.append((out, *gxs, gw))
+    views = [_unaligned_copy(t) for t in (gout, *xs)]
+    out = emulated("bifpn_fusion").forward(views[1:], w, 1e-4, True, 3)
+    gxs, gw = emulated("bifpn_fusion").backward(views[0], views[1:], w, 1e-4, True, 3)
+    results.append((out, *gxs, gw))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_emulated_fusion_empty_input():
+    xs, w, gout = make_case(2, (0, 4), torch.float32)
+    assert emulated("bifpn_fusion").forward(xs, w, 1e-4, True, 4).shape == (0, 4)
+    gxs, gw = emulated("bifpn_fusion").backward(gout, xs, w, 1e-4, True, 4)
+    assert [g.shape for g in gxs] == [(0, 4), (0, 4)] and torch.equal(gw, torch.zeros(2))
 
 
 # ---------------------------------------------------------------------------------------------

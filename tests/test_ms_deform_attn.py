@@ -960,6 +960,28 @@ def test_cuda_off_map_points_with_non_finite_weights_match_the_cpu(deterministic
 
 @pytest.mark.cuda
 @needs_cuda
+def test_cuda_atomic_backward_alerts_under_deterministic_algorithms():
+    """An explicit deterministic=False under torch.use_deterministic_algorithms(True) raises (the
+    float-atomic backward), as PyTorch's own nondeterministic kernels; left to the default, the
+    call takes the deterministic backward and runs."""
+    value, loc, attn, ss, lsi = make_inputs(
+        1, 4, 2, 8, [(3, 4)], 2, dtype=torch.float32, device="cuda"
+    )
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
+            run_with_grads(
+                ms_deform_attn, value, loc, attn, ss.cpu(), lsi.cpu(), deterministic=False
+            )
+        out, grads = run_with_grads(ms_deform_attn, value, loc, attn, ss.cpu(), lsi.cpu())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_pixel_decoder_attention_makes_no_sync():
     pytest.importorskip("detectron2")
     from glid.modeling.pixel_decoder.msdeformattn import MSDeformAttn, encoder_reference_points

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -208,16 +209,25 @@ struct WideSum<double> {
   }
 };
 
+// NaN where y = -inf, as eager's x * sigmoid(x) (-inf * 0) and the CUDA kernel: through the
+// clamped exp, silu and its gradient would be -inf there.
+template <typename V>
+GLID_INLINE V nan_at_minus_inf(V y, V v) {
+  using S = std::remove_cv_t<std::remove_reference_t<decltype(y[0])>>;
+  return select(y == -std::numeric_limits<S>::infinity(),
+                splat<V>(std::numeric_limits<S>::quiet_NaN()), v);
+}
+
 template <typename V>
 GLID_INLINE V silu(V y) {
-  return y / (1 + exp_simd(-y));
+  return nan_at_minus_inf(y, y / (1 + exp_simd(-y)));
 }
 
 // d silu(y) / dy = s (1 + y (1 - s)), s = sigmoid(y).
 template <typename V>
 GLID_INLINE V silu_grad(V y) {
   const V s = 1 / (1 + exp_simd(-y));
-  return s * (1 + y * (1 - s));
+  return nan_at_minus_inf(y, s * (1 + y * (1 - s)));
 }
 
 // Normalized coefficients c_k = relu(w_k) / (eps + sum_j relu(w_j)).

@@ -5,6 +5,7 @@
 // spatial_shapes (no device sync when it lives on the CPU) and so fixed inside a CUDA graph. More
 // levels go in a small device table, copied from pinned memory without a sync.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -80,6 +81,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const msda::Levels lv = msda::check_inputs(fn, value, spatial_shapes, level_start_index,
                                              sampling_locations, attention_weights, &grad_output);
   check_cuda(fn, value);
+  if (!deterministic) {
+    // Float atomics: an error (or a warning) under torch.use_deterministic_algorithms(True), as
+    // PyTorch's own such kernels. The Python wrapper picks deterministic=True there unless the
+    // caller passed deterministic=False.
+    at::globalContext().alertNotDeterministic(
+        "ms_deform_attn_backward_cuda with deterministic=False (float atomics)");
+  }
   const c10::cuda::CUDAGuard device_guard(value.device());
   const msda::Dims dm = msda::dims_of(value, sampling_locations);
   int64_t padded_size = 0;
