@@ -85,7 +85,6 @@ struct LevelTable {
   __device__ __forceinline__ int64_t pad_start(int64_t l) const { return get(3, l); }
 };
 
-
 // Lanes of this thread's group (G a power of two <= 32, groups aligned in the warp).
 __device__ __forceinline__ unsigned group_mask(int G) {
   if (G >= 32) {
