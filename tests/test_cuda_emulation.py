@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -283,6 +285,43 @@ def test_emulated_fusion_empty_input():
     assert emulated("bifpn_fusion").forward(xs, w, 1e-4, True, 4).shape == (0, 4)
     gxs, gw = emulated("bifpn_fusion").backward(gout, xs, w, 1e-4, True, 4)
     assert [g.shape for g in gxs] == [(0, 4), (0, 4)] and torch.equal(gw, torch.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory safety: both ops' emulated kernels under AddressSanitizer
+# ---------------------------------------------------------------------------------------------
+
+
+def _libasan() -> str | None:
+    """The AddressSanitizer runtime of the compiler torch builds extensions with, if installed."""
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run(
+            [compiler, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found if os.path.isabs(found) and os.path.exists(found) else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_libasan() is None, reason="the compiler's libasan is not installed")
+def test_emulated_kernels_have_no_out_of_bounds_access():
+    """tests/cuda_emulation/asan_check.py in a process with libasan preloaded: every kernel of
+    both ops, every dtype and code path, on tensors whose ends ASan guards. An access past a
+    buffer (an illegal address on a GPU) aborts it with a report."""
+    env = dict(os.environ, LD_PRELOAD=_libasan(), ASAN_OPTIONS="detect_leaks=0")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(EMULATION_DIR, "asan_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    report = [line for line in proc.stderr.splitlines() if "ERROR" in line or "SUMMARY" in line]
+    assert (
+        proc.returncode == 0 and "asan check ok" in proc.stdout
+    ), f"exit {proc.returncode}; {report or proc.stderr[-3000:]}"
 
 
 # ---------------------------------------------------------------------------------------------
