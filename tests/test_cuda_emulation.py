@@ -56,11 +56,15 @@ def emulated(name: str):
     )
 
 
+# The CUDA build's segment size of the deterministic backward (kSegmentSamples).
+SEGMENT_SAMPLES = 256
+
+
 class _EmulatedMSDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, value, ss, lsi, loc, attn, deterministic, max_blocks):
+    def forward(ctx, value, ss, lsi, loc, attn, deterministic, max_blocks, segment_samples):
         ctx.save_for_backward(value, ss, lsi, loc, attn)
-        ctx.options = (deterministic, max_blocks)
+        ctx.options = (deterministic, max_blocks, segment_samples)
         return emulated("ms_deform_attn").forward(value, ss, lsi, loc, attn, max_blocks)
 
     @staticmethod
@@ -69,12 +73,16 @@ class _EmulatedMSDA(torch.autograd.Function):
         grads = emulated("ms_deform_attn").backward(
             value, ss, lsi, loc, attn, grad_out.contiguous(), *ctx.options
         )
-        return grads[0], None, None, grads[1], grads[2], None, None
+        return grads[0], None, None, grads[1], grads[2], None, None, None
 
 
-def msda_emulated(value, ss, lsi, loc, attn, deterministic=False, max_blocks=0):
+def msda_emulated(
+    value, ss, lsi, loc, attn, deterministic=False, max_blocks=0, segment_samples=SEGMENT_SAMPLES
+):
     """ms_deform_attn through the emulated CUDA kernels (signature of glid's op)."""
-    return _EmulatedMSDA.apply(value, ss, lsi, loc, attn, deterministic, max_blocks)
+    return _EmulatedMSDA.apply(
+        value, ss, lsi, loc, attn, deterministic, max_blocks, segment_samples
+    )
 
 
 # (N, Lq, M, D, shapes, P): odd D (packs of one channel): 1 / 3 (groups of 1 / 4 lanes, several
@@ -159,6 +167,42 @@ def test_emulated_deterministic_backward_is_independent_of_the_grid():
     ]
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def _hot_cell_inputs(dtype=torch.float64):
+    """100 queries x 4 points of one head sampling within half a pixel of one spot: the value
+    cells there are covered by up to ~400 samples each (hot cells)."""
+    gen = torch.Generator().manual_seed(21)
+    ss, lsi = torch.tensor([[6, 7]]), torch.tensor([0])
+    value = torch.randn(1, 42, 1, 6, generator=gen, dtype=torch.float64)
+    loc = 0.5 + (torch.rand(1, 100, 1, 1, 4, 2, generator=gen, dtype=torch.float64) - 0.5) / 7
+    attn = torch.rand(1, 100, 1, 1, 4, generator=gen, dtype=torch.float64)
+    loc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return value.to(dtype), ss, lsi, loc.to(loc_dtype), attn.to(loc_dtype)
+
+
+@pytest.mark.parametrize("segment_samples", [1, 3, 64, SEGMENT_SAMPLES])
+def test_emulated_hot_cells_summed_in_segments_match_reference(segment_samples):
+    """Cells covered by more samples than a segment holds are summed by several groups, then
+    their partial sums in order (1: every sample its own segment)."""
+    value, ss, lsi, loc, attn = _hot_cell_inputs()
+    fn = functools.partial(
+        msda_emulated, deterministic=True, max_blocks=2, segment_samples=segment_samples
+    )
+    out, grads = run_with_grads(fn, value, loc, attn, ss, lsi)
+    out_ref, grads_ref = run_with_grads(ms_deform_attn_reference, value, loc, attn, ss, lsi)
+    assert_close_to_reference(out, grads, out_ref, grads_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_emulated_hot_cell_segments_are_independent_of_the_grid():
+    value, ss, lsi, loc, attn = _hot_cell_inputs(torch.float32)
+    results = []
+    for max_blocks in (0, 1, 3):
+        fn = functools.partial(
+            msda_emulated, deterministic=True, max_blocks=max_blocks, segment_samples=16
+        )
+        results.append(run_with_grads(fn, value, loc, attn, ss, lsi)[1][0])
+    assert all(torch.equal(results[0], other) for other in results[1:])
 
 
 def _misaligned(t: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,11 @@
 //     payload kernel lays out, in sorted order, what the gather needs of each sample (fractional
 //     offsets, attention weight, grad_output row), so the gather's loop over a cell's samples
 //     reads one contiguous record per sample and does no division. One group per value cell then
-//     sums the contributions of the samples whose 4 corners cover it, in sorted order. Bitwise
-//     reproducible run to run and independent of the grid; costs O(samples + cells) memory and a
-//     sort. A cell that many samples share is summed by one group (a long serial loop).
+//     sums the contributions of the samples whose 4 corners cover it, in sorted order; a cell
+//     covered by more than kSegmentSamples samples is summed in segments of that many by several
+//     groups, whose partial sums the cell then adds in order (no group walks a long list).
+//     Bitwise reproducible run to run and independent of the grid; costs O(samples + cells)
+//     memory and a sort.
 // Level shapes travel as kernel arguments (up to kMaxLevels levels), read on the host from
 // spatial_shapes (no device sync when it lives on the CPU) and so fixed inside a CUDA graph. More
 // levels go in a small device table, copied from pinned memory without a sync.
@@ -67,6 +69,10 @@ constexpr int kMaxPacksPerLane = 4;  // forward: the most packs a lane accumulat
 // sm_90: unbounded, the two-channel backward took 98-109 registers in half / bfloat16 / float
 // (2 blocks per SM); bounded, 76-80 without spills (float64, a test dtype, spills ~100 bytes).
 constexpr int kBackwardMinBlocks = 3;
+// Deterministic backward: a value cell covered by more samples than this is summed in segments
+// of this many by several groups (a guess, not a measurement: it bounds the serial loop of one
+// group and leaves the ~50-350 samples per cell of Mask2Former's shapes in one segment or two).
+constexpr int64_t kSegmentSamples = 256;
 
 struct LevelTable {
   // Per level l: H, W, the level start along S, and its start in the (H+1) x (W+1) padded cell
@@ -404,17 +410,84 @@ __device__ __forceinline__ void gather_corner(acc_t (&acc)[V], int64_t lo, int64
   }
 }
 
-// Deterministic grad_value, step 3: one group per value cell (n, s, m). The samples covering the
-// cell (h, w) have their top-left corner at (h - dh, w - dw), dh, dw in {0, 1}; cell_start[key]
-// is the first sorted position of `key` (exclusive scan of the counts).
+// The samples that cover one value cell (n, s, m): four ranges of sorted positions, one per
+// corner (dh, dw) in the order (0,0), (0,1), (1,0), (1,1) (the samples whose top-left corner is
+// (h - dh, w - dw)), and the grad_output rows of its (n, m) (row q at grad_out_nm_offset +
+// q * M * D, payload.row). cell_start[key] is the first sorted position of `key`.
+struct CellSamples {
+  int64_t lo[4], hi[4];
+  int64_t grad_out_nm_offset;
+
+  __device__ __forceinline__ int64_t total() const {
+    return (hi[0] - lo[0]) + (hi[1] - lo[1]) + (hi[2] - lo[2]) + (hi[3] - lo[3]);
+  }
+};
+
+__device__ __forceinline__ CellSamples cell_samples(int64_t cell, const int64_t* cell_start,
+                                                    const Dims& dm, const LevelTable& lt,
+                                                    int64_t SP) {
+  const int64_t m = cell % dm.M;
+  const int64_t s = (cell / dm.M) % dm.S;
+  const int64_t n = cell / (dm.M * dm.S);
+  int64_t l = 0;
+  while (l + 1 < dm.L && s >= lt.start(l + 1)) {
+    ++l;
+  }
+  const int64_t W = lt.W(l);
+  const int64_t h = (s - lt.start(l)) / W, w = (s - lt.start(l)) % W;
+  // Key of top-left corner (h - dh, w - dw) = key00 - dh * (W + 1) - dw.
+  const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start(l) + (h + 1) * (W + 1) + (w + 1);
+  const int64_t key10 = key00 - (W + 1);
+  CellSamples c;
+  c.lo[0] = cell_start[key00];
+  c.hi[0] = cell_start[key00 + 1];
+  c.lo[1] = cell_start[key00 - 1];  // keys key00 - 1 and key00 adjoin
+  c.hi[1] = c.lo[0];
+  c.lo[2] = cell_start[key10];
+  c.hi[2] = cell_start[key10 + 1];
+  c.lo[3] = cell_start[key10 - 1];
+  c.hi[3] = c.lo[2];
+  c.grad_out_nm_offset = (n * dm.Lq * dm.M + m) * dm.D;
+  return c;
+}
+
+// Adds to acc the contributions of the cell's samples [a, b) in the order of the four ranges
+// concatenated (all of them: a = 0, b = total()).
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void gather_window(acc_t (&acc)[V], const CellSamples& c, int64_t a,
+                                              int64_t b,
+                                              const SamplePayload<acc_t>* __restrict__ payload,
+                                              const scalar_t* __restrict__ grad_out_nm,
+                                              int64_t j) {
+  int64_t offset = 0;  // position of range k's first sample in the concatenation
+  int64_t lo[4], hi[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int64_t len = c.hi[k] - c.lo[k];
+    lo[k] = c.lo[k] + std::min(std::max(a - offset, int64_t(0)), len);
+    hi[k] = c.lo[k] + std::min(std::max(b - offset, int64_t(0)), len);
+    offset += len;
+  }
+  gather_corner<0, 0>(acc, lo[0], hi[0], payload, grad_out_nm, j);
+  gather_corner<0, 1>(acc, lo[1], hi[1], payload, grad_out_nm, j);
+  gather_corner<1, 0>(acc, lo[2], hi[2], payload, grad_out_nm, j);
+  gather_corner<1, 1>(acc, lo[3], hi[3], payload, grad_out_nm, j);
+}
+
+// Deterministic grad_value, step 3: one group per value cell (n, s, m) sums the contributions of
+// the samples that cover it, in sorted order, when there are at most B of them; a cell with more
+// (a "hot" cell, shared by many samples) is left to steps 4 and 5, which split its samples into
+// segments of B so that no group walks them all: num_segments[cell] = 0 or ceil(total / B).
 template <typename scalar_t, int V>
 __global__ void __launch_bounds__(kThreads)
     msda_grad_value_gather_kernel(const SamplePayload<at::opmath_type<scalar_t>>* __restrict__
                                       payload,
                                   const scalar_t* __restrict__ grad_out,
                                   const int64_t* __restrict__ cell_start,
-                                  scalar_t* __restrict__ grad_value, const Dims dm,
-                                  const LevelTable lt, const int64_t SP, const int G) {
+                                  scalar_t* __restrict__ grad_value,
+                                  int32_t* __restrict__ num_segments, const Dims dm,
+                                  const LevelTable lt, const int64_t SP, const int64_t B,
+                                  const int G) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_cells = dm.N * dm.S * dm.M;
   const int64_t DP = dm.D / V;
@@ -422,38 +495,110 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
   for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
        cell < num_cells; cell += step) {
-    const int64_t m = cell % dm.M;
-    const int64_t s = (cell / dm.M) % dm.S;
-    const int64_t n = cell / (dm.M * dm.S);
-    int64_t l = 0;
-    while (l + 1 < dm.L && s >= lt.start(l + 1)) {
-      ++l;
+    const CellSamples c = cell_samples(cell, cell_start, dm, lt, SP);
+    const int64_t total = c.total();
+    if (lane == 0) {
+      num_segments[cell] = total > B ? static_cast<int32_t>((total + B - 1) / B) : 0;
     }
-    const int64_t W = lt.W(l);
-    const int64_t h = (s - lt.start(l)) / W, w = (s - lt.start(l)) % W;
-    // Key of top-left corner (h - dh, w - dw) = key00 - dh * (W + 1) - dw.
-    const int64_t key00 = (n * dm.M + m) * SP + lt.pad_start(l) + (h + 1) * (W + 1) + (w + 1);
-    const int64_t key10 = key00 - (W + 1);
-    const int64_t lo00 = cell_start[key00], hi00 = cell_start[key00 + 1];
-    const int64_t lo01 = cell_start[key00 - 1], hi01 = lo00;  // keys key00 - 1 and key00 adjoin
-    const int64_t lo10 = cell_start[key10], hi10 = cell_start[key10 + 1];
-    const int64_t lo11 = cell_start[key10 - 1], hi11 = lo10;
-    // grad_out rows of this (n, m): row q at grad_out_nm + q * M * D (payload.row).
-    const scalar_t* grad_out_nm = grad_out + (n * dm.Lq * dm.M + m) * dm.D;
+    if (total > B) {
+      continue;
+    }
+    const scalar_t* grad_out_nm = grad_out + c.grad_out_nm_offset;
     for (int64_t j = lane; j < DP; j += G) {
       acc_t acc[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         acc[v] = acc_t(0);
       }
-      gather_corner<0, 0>(acc, lo00, hi00, payload, grad_out_nm, j);
-      gather_corner<0, 1>(acc, lo01, hi01, payload, grad_out_nm, j);
-      gather_corner<1, 0>(acc, lo10, hi10, payload, grad_out_nm, j);
-      gather_corner<1, 1>(acc, lo11, hi11, payload, grad_out_nm, j);
+      gather_window(acc, c, 0, total, payload, grad_out_nm, j);
       Pack<scalar_t, V> y;
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         y.x[v] = static_cast<scalar_t>(acc[v]);
+      }
+      store_pack<V>(grad_value + cell * dm.D + j * V, y);
+    }
+  }
+}
+
+// Deterministic grad_value, step 4: one group per segment of a hot cell. Segment g belongs to
+// the cell with segment_start[cell] <= g < segment_start[cell + 1] (segment_start: exclusive
+// scan of num_segments; its last entry, the number of segments, is read here, not on the host)
+// and sums that cell's samples [k B, (k + 1) B), k = g - segment_start[cell], into partial[g]
+// (D values of acc_t).
+template <typename scalar_t, int V>
+__global__ void __launch_bounds__(kThreads)
+    msda_grad_value_segment_kernel(const SamplePayload<at::opmath_type<scalar_t>>* __restrict__
+                                       payload,
+                                   const scalar_t* __restrict__ grad_out,
+                                   const int64_t* __restrict__ cell_start,
+                                   const int64_t* __restrict__ segment_start,
+                                   at::opmath_type<scalar_t>* __restrict__ partial,
+                                   const Dims dm, const LevelTable lt, const int64_t SP,
+                                   const int64_t B, const int G) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_cells = dm.N * dm.S * dm.M;
+  const int64_t num_segments = segment_start[num_cells];
+  const int64_t DP = dm.D / V;
+  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
+  for (int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
+       g < num_segments; g += step) {
+    int64_t lo = 0, hi = num_cells;  // the last cell whose segment_start <= g
+    while (hi - lo > 1) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (segment_start[mid] <= g) {
+        lo = mid;
+      } else {
+        hi = mid;
+      }
+    }
+    const int64_t cell = lo;
+    const int64_t k = g - segment_start[cell];
+    const CellSamples c = cell_samples(cell, cell_start, dm, lt, SP);
+    const scalar_t* grad_out_nm = grad_out + c.grad_out_nm_offset;
+    for (int64_t j = lane; j < DP; j += G) {
+      acc_t acc[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        acc[v] = acc_t(0);
+      }
+      gather_window(acc, c, k * B, std::min((k + 1) * B, c.total()), payload, grad_out_nm, j);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        partial[g * dm.D + j * V + v] = acc[v];
+      }
+    }
+  }
+}
+
+// Deterministic grad_value, step 5: each hot cell adds its segments' partial sums in order.
+template <typename scalar_t, int V>
+__global__ void __launch_bounds__(kThreads)
+    msda_grad_value_combine_kernel(const int64_t* __restrict__ segment_start,
+                                   const at::opmath_type<scalar_t>* __restrict__ partial,
+                                   scalar_t* __restrict__ grad_value, const Dims dm,
+                                   const int G) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_cells = dm.N * dm.S * dm.M;
+  const int64_t DP = dm.D / V;
+  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
+  for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
+       cell < num_cells; cell += step) {
+    const int64_t first = segment_start[cell], last = segment_start[cell + 1];
+    if (first == last) {
+      continue;  // summed by step 3
+    }
+    for (int64_t j = lane; j < DP; j += G) {
+      Pack<scalar_t, V> y;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        acc_t acc = acc_t(0);
+        for (int64_t g = first; g < last; ++g) {
+          acc += partial[g * dm.D + j * V + v];
+        }
+        y.x[v] = static_cast<scalar_t>(acc);
       }
       store_pack<V>(grad_value + cell * dm.D + j * V, y);
     }
@@ -581,7 +726,7 @@ template <typename scalar_t, typename Launch>
 at::Tensor deterministic_grad_value(const at::Tensor& value, const at::Tensor& loc,
                                     const at::Tensor& attn, const at::Tensor& grad_output,
                                     const Dims& dm, const LevelTable& lt, int64_t padded_size,
-                                    Launch& launch) {
+                                    int64_t segment_samples, Launch& launch) {
   using acc_t = at::opmath_type<scalar_t>;
   using loc_t = acc_t;
   at::Tensor grad_value = at::empty_like(value);
@@ -615,12 +760,32 @@ at::Tensor deterministic_grad_value(const at::Tensor& value, const at::Tensor& l
   at::cumsum_out(cell_end, counts, 0, at::kLong);
   const int V = pack_width(dm.D, {&grad_output, &grad_value});
   const int G = group_size(dm.D / V);
+  const int64_t num_cells = dm.N * dm.S * dm.M;
+  at::Tensor num_segments = at::empty({num_cells}, value.options().dtype(at::kInt));
+  at::Tensor segment_start = at::empty({num_cells + 1}, value.options().dtype(at::kLong));
+  // Hot cells hold more than B samples each, and the samples cover 4 * num_samples cell
+  // corners: at most 4 * num_samples / B hot cells and 8 * num_samples / B segments (+ 1).
+  const int64_t max_segments =
+      2 * ((4 * num_samples + segment_samples - 1) / segment_samples) + 1;
+  at::Tensor partial = at::empty({max_segments, dm.D},
+                                 value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   with_pack_width(V, [&](auto v) {
     constexpr int kV = decltype(v)::value;
-    launch(msda_grad_value_gather_kernel<scalar_t, kV>, grid_size(dm.N * dm.S * dm.M * G),
-           static_cast<const SamplePayload<acc_t>*>(payload_ptr),
+    const auto* payload_in = static_cast<const SamplePayload<acc_t>*>(payload_ptr);
+    launch(msda_grad_value_gather_kernel<scalar_t, kV>, grid_size(num_cells * G), payload_in,
            grad_output.data_ptr<scalar_t>(), cell_start.data_ptr<int64_t>(),
-           grad_value.data_ptr<scalar_t>(), dm, lt, padded_size, G);
+           grad_value.data_ptr<scalar_t>(), num_segments.data_ptr<int32_t>(), dm, lt,
+           padded_size, segment_samples, G);
+    segment_start.narrow(0, 0, 1).zero_();
+    at::Tensor segment_end = segment_start.narrow(0, 1, num_cells);
+    at::cumsum_out(segment_end, num_segments, 0, at::kLong);
+    launch(msda_grad_value_segment_kernel<scalar_t, kV>, grid_size(max_segments * G), payload_in,
+           grad_output.data_ptr<scalar_t>(), cell_start.data_ptr<int64_t>(),
+           segment_start.data_ptr<int64_t>(), partial.data_ptr<acc_t>(), dm, lt, padded_size,
+           segment_samples, G);
+    launch(msda_grad_value_combine_kernel<scalar_t, kV>, grid_size(num_cells * G),
+           segment_start.data_ptr<int64_t>(), partial.data_ptr<acc_t>(),
+           grad_value.data_ptr<scalar_t>(), dm, G);
   });
   return grad_value;
 }
@@ -630,7 +795,9 @@ template <typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_launch(
     const at::Tensor& value, const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights, const at::Tensor& grad_output, bool deterministic,
-    const Dims& dm, const LevelTable& lt, int64_t padded_size, Launch&& launch) {
+    const Dims& dm, const LevelTable& lt, int64_t padded_size, Launch&& launch,
+    int64_t segment_samples = kSegmentSamples) {
+  TORCH_CHECK(segment_samples >= 1, "ms_deform_attn: segment_samples must be positive");
   const int64_t num_samples = attention_weights.numel();
   if (num_samples == 0) {  // no sampling points: nothing flows back
     return {at::zeros_like(value), at::empty_like(sampling_locations),
@@ -676,7 +843,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_launch(
           return;
         }
         grad_value = deterministic_grad_value<scalar_t>(value, loc, attn, grad_output, dm, lt,
-                                                        padded_size, launch);
+                                                        padded_size, segment_samples, launch);
       });
   // Gradients in the dtype the locations / weights came in.
   return {grad_value, grad_loc.to(sampling_locations.scalar_type()),

@@ -72,7 +72,10 @@ def check_ms_deform_attn() -> None:
             for max_blocks in (0, 1):
                 msda.forward(value, ss, lsi, loc, attn, max_blocks)
                 for deterministic in (False, True):
-                    msda.backward(value, ss, lsi, loc, attn, grad, deterministic, max_blocks)
+                    for segment in (2, 256):
+                        msda.backward(
+                            value, ss, lsi, loc, attn, grad, deterministic, max_blocks, segment
+                        )
         print(f"ms_deform_attn N={n} Lq={lq} M={m} D={d} L={len(shapes)} P={p}: ok", flush=True)
 
 

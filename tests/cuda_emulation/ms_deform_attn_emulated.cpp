@@ -1,6 +1,7 @@
 // ms_deform_attn's CUDA kernels and launch sequence (ms_deform_attn_cuda_kernels.cuh) run on CPU
 // tensors by the thread-grid emulator. `max_blocks` caps every launch's grid (0: no cap), so that
-// the grid-stride loops take more than one stride.
+// the grid-stride loops take more than one stride; `segment_samples` is the deterministic
+// backward's segment size (kSegmentSamples in the CUDA build), small in tests to split cells.
 #include <torch/extension.h>
 
 #include "cuda_emulator.h"
@@ -48,7 +49,8 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
-    const at::Tensor& grad_output, bool deterministic, int64_t max_blocks) {
+    const at::Tensor& grad_output, bool deterministic, int64_t max_blocks,
+    int64_t segment_samples) {
   const auto lv = glid::msda::check_inputs("emulated backward", value, spatial_shapes,
                                            level_start_index, sampling_locations,
                                            attention_weights, &grad_output);
@@ -58,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const auto lt = make_table(lv, &padded, &storage);
   return glid::backward_launch(value, sampling_locations, attention_weights, grad_output,
                                deterministic, glid::msda::dims_of(value, sampling_locations), lt,
-                               padded, EmulatedLauncher{max_blocks});
+                               padded, EmulatedLauncher{max_blocks}, segment_samples);
 }
 
 }  // namespace
