@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from glid.layers.ms_deform_attn import ms_deform_attn_reference
+from tests.cuda_emulation.build import load_emulated
 from tests.test_bifpn_fusion import (
     DTYPES,
     assert_matches_reference,
@@ -36,24 +37,13 @@ from tests.test_ms_deform_attn import (
     run_with_grads,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMULATION_DIR = os.path.join(REPO, "tests", "cuda_emulation")
+EMULATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulation")
 
 
 @functools.cache
 def emulated(name: str):
     """Builds (once, cached in build/cuda_emulation) and imports an emulated-kernel extension."""
-    from torch.utils.cpp_extension import load
-
-    build_dir = os.path.join(REPO, "build", "cuda_emulation")
-    os.makedirs(build_dir, exist_ok=True)
-    return load(
-        f"glid_{name}_emulated",
-        [os.path.join(EMULATION_DIR, f"{name}_emulated.cpp")],
-        extra_include_paths=[os.path.join(REPO, "csrc"), EMULATION_DIR],
-        extra_cflags=["-O1", "-fno-strict-aliasing"],
-        build_directory=build_dir,
-    )
+    return load_emulated(name)
 
 
 # The CUDA build's segment size of the deterministic backward (kSegmentSamples).

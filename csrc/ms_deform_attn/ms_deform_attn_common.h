@@ -27,6 +27,12 @@ inline at::ScalarType location_dtype(at::ScalarType value_dtype) {
   return at::toOpMathType(value_dtype);
 }
 
+// sampling_locations or attention_weights in location_dtype, as the kernels read them (a no-op
+// unless they came in half precision).
+inline at::Tensor to_location_dtype(const at::Tensor& value, const at::Tensor& t) {
+  return t.to(location_dtype(value.scalar_type()));
+}
+
 // Validates every input of the forward (grad_output == nullptr) or backward op and returns the
 // level table. Raises c10::Error (RuntimeError in Python) with a message naming the argument; never
 // reads out of bounds. spatial_shapes / level_start_index may live on the CPU or on value's device;

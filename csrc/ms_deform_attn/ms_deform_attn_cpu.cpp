@@ -563,10 +563,8 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   if (out.numel() == 0) {
     return out;
   }
-  // Locations / weights in the accumulation type (a no-op unless they came in bfloat16).
-  const auto loc_dtype = msda::location_dtype(value.scalar_type());
-  const at::Tensor loc = sampling_locations.to(loc_dtype);
-  const at::Tensor attn = attention_weights.to(loc_dtype);
+  const at::Tensor loc = msda::to_location_dtype(value, sampling_locations);
+  const at::Tensor attn = msda::to_location_dtype(value, attention_weights);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, value.scalar_type(), fn, [&] {
     using loc_t = at::opmath_type<scalar_t>;
     Args<scalar_t, loc_t> A{value.data_ptr<scalar_t>(),
@@ -597,9 +595,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     grad_value.zero_();
     return {grad_value, at::empty_like(sampling_locations), at::empty_like(attention_weights)};
   }
-  const auto loc_dtype = msda::location_dtype(value.scalar_type());
-  const at::Tensor loc = sampling_locations.to(loc_dtype);
-  const at::Tensor attn = attention_weights.to(loc_dtype);
+  const at::Tensor loc = msda::to_location_dtype(value, sampling_locations);
+  const at::Tensor attn = msda::to_location_dtype(value, attention_weights);
   at::Tensor grad_loc = at::empty_like(loc);
   at::Tensor grad_attn = at::empty_like(attn);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, value.scalar_type(), fn, [&] {

@@ -100,6 +100,19 @@ __device__ __forceinline__ unsigned group_mask(int G) {
   return ((1u << G) - 1u) << (lane & ~(G - 1));
 }
 
+// A grid-stride loop over items taken by groups of G lanes: this thread's lane in its group, its
+// group's first item and the stride between the items of a group.
+struct GroupStride {
+  int lane;
+  int64_t first, step;
+};
+
+__device__ __forceinline__ GroupStride group_stride(int G) {
+  return {static_cast<int>(threadIdx.x) & (G - 1),
+          (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G,
+          static_cast<int64_t>(gridDim.x) * blockDim.x / G};
+}
+
 // Sum over the G lanes of the group (all of them must call it).
 template <typename T>
 __device__ __forceinline__ T group_sum(T v, int G, unsigned mask) {
@@ -147,10 +160,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
   const int64_t MD = dm.M * dm.D;
   const int64_t DP = dm.D / V;  // packs per row
-  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
-  for (int64_t grp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
-       grp < num_groups; grp += step) {
+  const GroupStride gs = group_stride(G);
+  const int lane = gs.lane;
+  for (int64_t grp = gs.first; grp < num_groups; grp += gs.step) {
     const int64_t m = grp % dm.M;
     const int64_t n = grp / (dm.Lq * dm.M);
     const scalar_t* value_nm = value + n * dm.S * MD + m * dm.D;
@@ -238,12 +250,11 @@ __global__ void __launch_bounds__(kThreads, kBackwardMinBlocks)
   const int64_t num_groups = dm.N * dm.Lq * dm.M;
   const int64_t MD = dm.M * dm.D;
   const int64_t DP = dm.D / V;
-  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const GroupStride gs = group_stride(G);
+  const int lane = gs.lane;
   const unsigned mask = group_mask(G);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
   // grp, and so every loop bound below, is uniform within a group: the shuffles are safe.
-  for (int64_t grp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
-       grp < num_groups; grp += step) {
+  for (int64_t grp = gs.first; grp < num_groups; grp += gs.step) {
     const int64_t m = grp % dm.M;
     const int64_t n = grp / (dm.Lq * dm.M);
     const int64_t nm_offset = n * dm.S * MD + m * dm.D;
@@ -491,10 +502,9 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_cells = dm.N * dm.S * dm.M;
   const int64_t DP = dm.D / V;
-  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
-  for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
-       cell < num_cells; cell += step) {
+  const GroupStride gs = group_stride(G);
+  const int lane = gs.lane;
+  for (int64_t cell = gs.first; cell < num_cells; cell += gs.step) {
     const CellSamples c = cell_samples(cell, cell_start, dm, lt, SP);
     const int64_t total = c.total();
     if (lane == 0) {
@@ -540,10 +550,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t num_cells = dm.N * dm.S * dm.M;
   const int64_t num_segments = segment_start[num_cells];
   const int64_t DP = dm.D / V;
-  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
-  for (int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
-       g < num_segments; g += step) {
+  const GroupStride gs = group_stride(G);
+  const int lane = gs.lane;
+  for (int64_t g = gs.first; g < num_segments; g += gs.step) {
     int64_t lo = 0, hi = num_cells;  // the last cell whose segment_start <= g
     while (hi - lo > 1) {
       const int64_t mid = lo + (hi - lo) / 2;
@@ -582,10 +591,9 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t num_cells = dm.N * dm.S * dm.M;
   const int64_t DP = dm.D / V;
-  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x / G;
-  for (int64_t cell = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
-       cell < num_cells; cell += step) {
+  const GroupStride gs = group_stride(G);
+  const int lane = gs.lane;
+  for (int64_t cell = gs.first; cell < num_cells; cell += gs.step) {
     const int64_t first = segment_start[cell], last = segment_start[cell + 1];
     if (first == last) {
       continue;  // summed by step 3
@@ -690,10 +698,8 @@ at::Tensor forward_launch(const at::Tensor& value, const at::Tensor& sampling_lo
   if (out.numel() == 0) {
     return out;
   }
-  // Locations / weights in the accumulation type (a no-op unless they came in half precision).
-  const auto loc_dtype = msda::location_dtype(value.scalar_type());
-  const at::Tensor loc = sampling_locations.to(loc_dtype);
-  const at::Tensor attn = attention_weights.to(loc_dtype);
+  const at::Tensor loc = msda::to_location_dtype(value, sampling_locations);
+  const at::Tensor attn = msda::to_location_dtype(value, attention_weights);
   const int V = pack_width(dm.D, {&value, &out});
   const int64_t DP = dm.D / V;
   const int G = group_size(DP);
@@ -803,9 +809,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_launch(
     return {at::zeros_like(value), at::empty_like(sampling_locations),
             at::empty_like(attention_weights)};
   }
-  const auto loc_dtype = msda::location_dtype(value.scalar_type());
-  const at::Tensor loc = sampling_locations.to(loc_dtype);
-  const at::Tensor attn = attention_weights.to(loc_dtype);
+  const at::Tensor loc = msda::to_location_dtype(value, sampling_locations);
+  const at::Tensor attn = msda::to_location_dtype(value, attention_weights);
   at::Tensor grad_loc = at::empty_like(loc);
   at::Tensor grad_attn = at::empty_like(attn);
   const int V = pack_width(dm.D, {&value, &grad_output});

@@ -9,34 +9,13 @@ prints ``asan check ok`` at the end.
 
 from __future__ import annotations
 
-import os
 import sys
 
 sys.modules["triton"] = None  # torch's optional triton import trips ASan's exception interceptor
 
 import torch  # noqa: E402
-from torch.utils.cpp_extension import load  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HERE = os.path.join(REPO, "tests", "cuda_emulation")
-
-
-def build(name: str):
-    build_dir = os.path.join(REPO, "build", "cuda_emulation_asan")
-    os.makedirs(build_dir, exist_ok=True)
-    return load(
-        f"glid_{name}_emulated_asan",
-        [os.path.join(HERE, f"{name}_emulated.cpp")],
-        extra_include_paths=[os.path.join(REPO, "csrc"), HERE],
-        extra_cflags=[
-            "-O1",
-            "-fno-strict-aliasing",
-            "-fsanitize=address",
-            "-fno-omit-frame-pointer",
-        ],
-        extra_ldflags=["-fsanitize=address"],
-        build_directory=build_dir,
-    )
+from build import load_emulated  # noqa: E402  (this script's own directory)
 
 
 def exact(t: torch.Tensor) -> torch.Tensor:
@@ -45,7 +24,7 @@ def exact(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_ms_deform_attn() -> None:
-    msda = build("ms_deform_attn")
+    msda = load_emulated("ms_deform_attn", sanitize=True)
     gen = torch.Generator().manual_seed(0)
     # (N, Lq, M, D, shapes, P): packs of one / two channels, one to several packs per lane, a
     # 1x1 level, more than 16 levels (the device table), locations well outside the maps.
@@ -80,7 +59,7 @@ def check_ms_deform_attn() -> None:
 
 
 def check_bifpn_fusion() -> None:
-    fusion = build("bifpn_fusion")
+    fusion = load_emulated("bifpn_fusion", sanitize=True)
     gen = torch.Generator().manual_seed(1)
     for size in (1, 7, 4096 + 3):
         for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
