@@ -9,13 +9,15 @@ prints ``asan check ok`` at the end.
 
 from __future__ import annotations
 
+import os
 import sys
 
 sys.modules["triton"] = None  # torch's optional triton import trips ASan's exception interceptor
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from build import load_emulated  # noqa: E402  (this script's own directory)
+from tests.cuda_emulation.build import load_emulated  # noqa: E402
 
 
 def exact(t: torch.Tensor) -> torch.Tensor:
